@@ -46,7 +46,7 @@ func ParseKexecHeader(b []byte, order ByteOrder) (KexecHeader, error) {
 	if h.BufferSize < KexecHeaderSize {
 		return h, fmt.Errorf("%w: kexec buffer size %d is smaller than its header", ErrFormat, h.BufferSize)
 	}
-	if h.Count > 0 && h.BufferSize-KexecHeaderSize < h.Count*minRecordSize {
+	if h.Count > (h.BufferSize-KexecHeaderSize)/minRecordSize {
 		return h, fmt.Errorf("%w: kexec header claims %d records in %d bytes", ErrFormat, h.Count, h.BufferSize)
 	}
 	if h.Count == 0 && h.BufferSize != KexecHeaderSize {

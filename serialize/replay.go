@@ -352,8 +352,12 @@ func Replay(src Source, o ReplayOptions) (*Result, error) {
 	return r.Result(), nil
 }
 
-// AddAll adds every record of src.
+// AddAll adds every record of src. With several banks and CPUs it hashes the banks in
+// parallel; the result is the same.
 func (r *Replayer) AddAll(src Source) error {
+	if r.useParallel() {
+		return r.addAllParallel(src)
+	}
 	for {
 		rec, err := src.Next()
 		if errors.Is(err, io.EOF) {
@@ -433,13 +437,4 @@ func (r *Replayer) mismatch(expected PCRValues) error {
 	}
 	first.Mismatched = n
 	return first
-}
-
-func (r *Replayer) bankIndex(name string) int {
-	for bi, b := range r.banks {
-		if b.Name == name {
-			return bi
-		}
-	}
-	return -1
 }

@@ -1,0 +1,44 @@
+# imakexec — see README.md. `make demo` and `make test` are the two commands a new machine
+# needs; both install what they use.
+
+GO        ?= go
+BIN       := bin/imakexec
+STATICCHECK_VERSION := v0.8.2
+export GOTOOLCHAIN := local
+
+.PHONY: all build deps test test-unit bench lint demo clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -o $(BIN) ./cmd/imakexec
+
+deps:
+	./scripts/install-deps.sh
+
+# Unit, FUSE-model and VM tests together; nothing is skipped under CI=true.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -timeout 60m -count=1 ./...
+
+# Without the VM tests (quick loop while developing).
+test-unit:
+	$(GO) test -short -count=1 ./...
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchmem ./serialize/...
+	$(GO) run ./internal/cmd/benchcmp -imakexec $(BIN) -dir out/bench
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+demo: deps build
+	@echo "make demo: the QEMU scenario lands with the end-to-end issue; meanwhile:"
+	$(BIN) replay --pcrs sha1,serialize/testdata/vm/kexec-debian/after/pcrs-sha1.txt \
+		--pcrs sha256,serialize/testdata/vm/kexec-debian/after/pcrs-sha256.txt \
+		serialize/testdata/vm/kexec-debian/before/binary_runtime_measurements \
+		serialize/testdata/vm/kexec-debian/after/binary_runtime_measurements
+
+clean:
+	rm -rf bin out
