@@ -7,7 +7,8 @@
 # For every variant directory with a binary_runtime_measurements it runs
 #   evmctl -v ima_measurement --ignore-violations \
 #       --pcrs sha1,pcrs-sha1.txt --pcrs sha256,pcrs-sha256.txt binary_runtime_measurements
-# For kexec round trips (before/ and after/) it checks before alone, after
+# plus --verify-sig --key signing-cert.der when the capture has the test
+# certificate. For kexec round trips (before/ and after/) it checks before alone, after
 # alone, and before+after concatenated against the after PCRs.
 #
 # evmctl 1.4 reports success as soon as ANY prefix of the list replays to the
@@ -36,7 +37,12 @@ expect() {
 failed=0
 check() { # check VARIANT CHECK LIST PCRDIR TOTAL
 	local v=$1 c=$2 list=$3 pcrs=$4 total=$5 got detail out rc n
-	out=$(evmctl -v ima_measurement --ignore-violations \
+	local sig=()
+	# With the capture's test certificate evmctl also checks the security.ima
+	# signatures recorded in the list ("<file>: verification is OK").
+	[ -f "$pcrs/../signing-cert.der" ] && sig=(--verify-sig --key "$pcrs/../signing-cert.der")
+	[ -f "$pcrs/signing-cert.der" ] && sig=(--verify-sig --key "$pcrs/signing-cert.der")
+	out=$(evmctl -v ima_measurement --ignore-violations "${sig[@]}" \
 		--pcrs sha1,"$pcrs/pcrs-sha1.txt" --pcrs sha256,"$pcrs/pcrs-sha256.txt" "$list" 2>&1)
 	rc=$?
 	if [ $rc -ne 0 ]; then
@@ -49,6 +55,10 @@ check() { # check VARIANT CHECK LIST PCRDIR TOTAL
 			if [ "$n" -ne "$total" ]; then got=nomatch; detail="prefix $n/$total"; fi
 		done
 	fi
+	local nsig
+	nsig=$(echo "$out" | grep -c ': verification is OK$')
+	[ "$nsig" -gt 0 ] && detail="$detail; $nsig signature(s) verified"
+	if echo "$out" | grep -q -i 'verification failed'; then got=nomatch; detail="$detail; signature verification failed"; fi
 	local want verdict=ok
 	want=$(expect "$v" "$c")
 	[ "$got" = "$want" ] || { verdict=UNEXPECTED; failed=1; }

@@ -57,9 +57,11 @@ mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.fetch.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 log "downloading $pkg $ver"
-# apt-get download writes into the current directory. As root it warns that
-# the download is unsandboxed when _apt cannot write there; that is harmless.
-(cd "$tmp" && apt-get download -q "$pkg=$ver" >&2)
+# apt-get download writes into the current directory, which the _apt sandbox
+# user cannot write to; as root, download as root instead of warning about it.
+sandbox=()
+[ "$(id -u)" -eq 0 ] && sandbox=(-o APT::Sandbox::User=root)
+(cd "$tmp" && apt-get download -q "${sandbox[@]}" "$pkg=$ver" >&2)
 deb=$(ls "$tmp"/*.deb)
 mkdir "$tmp/x"
 dpkg-deb -x "$deb" "$tmp/x"

@@ -140,7 +140,7 @@ func commandFlags(c command, g *globalFlags, env *Env) *pflag.FlagSet {
 	fs.SetOutput(env.Stderr)
 	c.SetFlags(fs)
 	gfs := pflag.NewFlagSet("global", pflag.ContinueOnError)
-	g.register(gfs)
+	(&globalFlags{}).register(gfs) // not g: registering resets the values parsed before the subcommand
 	// Share the values parsed before the subcommand.
 	gfs.VisitAll(func(f *pflag.Flag) {
 		switch f.Name {

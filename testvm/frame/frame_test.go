@@ -58,7 +58,7 @@ func TestGuestError(t *testing.T) {
 func TestDecodeErrors(t *testing.T) {
 	sum := "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" // sha256("")
 	for _, tc := range []struct {
-		name, in string
+		name, in  string
 		truncated bool
 	}{
 		{"truncated", Prefix + "MARK x\n" + Prefix + "BEGIN a 3 " + sum + "\nAAAA\n", true},

@@ -6,8 +6,10 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -130,8 +132,8 @@ func (g *Guest) SendSnapshot(prefix string, s *IMASnapshot) error {
 			return err
 		}
 	}
-	for bank, pcrs := range s.PCRs {
-		if err := g.Blob(prefix+"pcrs-"+bank+".txt", FormatPCRs(pcrs)); err != nil {
+	for _, bank := range slices.Sorted(maps.Keys(s.PCRs)) {
+		if err := g.Blob(prefix+"pcrs-"+bank+".txt", FormatPCRs(s.PCRs[bank])); err != nil {
 			return err
 		}
 	}

@@ -5,8 +5,9 @@
 //
 // It loads a test IMA policy (the built-in tcb policy measures nothing in an
 // initramfs: the rootfs is tmpfs, which tcb does not measure), executes
-// /bin/hello, reads some files (one with a space in its name, one with a path
-// longer than 255 bytes, one carrying a security.ima signature), provokes an
+// /bin/hello, reads every file under /etc/imacapture (the capture tool puts
+// one with a space in its name, one with a path longer than 255 bytes and one
+// carrying a security.ima signature there), provokes an
 // open_writers and a ToMToU violation, and calls kexec_file_load so that the
 // KEXEC_KERNEL_CHECK, KEXEC_INITRAMFS_CHECK and kexec-cmdline (ima-buf)
 // records appear. Then it sends the IMA files and both PCR banks (see
@@ -28,6 +29,7 @@ package main
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,7 +109,10 @@ func main() {
 
 	prefix := ""
 	if mode == "jump" {
-		prefix = map[int]string{1: "before/", 2: "after/"}[stage]
+		prefix = "before/"
+		if stage > 1 {
+			prefix = "after/"
+		}
 	}
 	if err := sendInfo(g, prefix, policy); err != nil {
 		g.Fatalf("%v", err)
@@ -140,20 +145,21 @@ func measure(g *guestlib.Guest) {
 		g.Fatalf("exec %s: %v: %s", helloPath, err, out)
 	}
 	g.Logf("%s", strings.TrimSpace(string(out)))
-	files, err := filepath.Glob(dataDir + "/*.txt")
-	if err != nil || len(files) == 0 {
-		g.Fatalf("no files in %s (%v)", dataDir, err)
-	}
-	for _, f := range files {
-		if f == signedFile {
-			continue
+	// Every file the host put under dataDir, in lexical order. The capture
+	// tool adds one with a path longer than 255 bytes: the "ima" template's
+	// n field cannot hold it, n-ng can.
+	n := 0
+	err = filepath.WalkDir(dataDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || p == signedFile {
+			return err
 		}
-		readFile(g, f)
+		n++
+		readFile(g, p)
+		return nil
+	})
+	if err != nil || n == 0 {
+		g.Fatalf("no files read in %s (%v)", dataDir, err)
 	}
-	// A path longer than 255 bytes: the "ima" template's n field keeps only
-	// IMA_EVENT_NAME_LEN_MAX (255) bytes of it, n-ng keeps all of it.
-	long := filepath.Join(dataDir, strings.Repeat("d", 120), strings.Repeat("e", 120), "long-name.txt")
-	readFile(g, long)
 }
 
 func readFile(g *guestlib.Guest, name string) {
