@@ -2,11 +2,13 @@ package handover
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -61,6 +63,57 @@ type DrainOptions struct {
 	// Hook, when set, is called at every Step; an error aborts the drain right there, as
 	// a crash would (tests).
 	Hook func(step Step, n uint64) error
+	// KeepWritten, when > 0, makes DrainResult.Written hold the bytes this drain wrote to
+	// the store, if they total at most KeepWritten bytes. The kexec flow uses it to carry
+	// the store without opening its files after the last drain: each open for reading may
+	// be a FILE_CHECK measurement in the kexec window (design.md, "kexec").
+	KeepWritten int64
+}
+
+// Written is what one drain wrote to the store, byte for byte (DrainOptions.KeepWritten).
+type Written struct {
+	// Segments are the new segment files, named relative to the store ("segments/…").
+	Segments []WrittenFile
+	// ManifestName is the manifest's name relative to the store. The manifest now holds
+	// its first ManifestFrom bytes as they were when the drain took the store, followed by
+	// Manifest, the lines this drain appended. ManifestFrom is 0 when the drain created the
+	// manifest (a new store, or after archiving another power cycle's chain); otherwise
+	// ManifestPrev is the SHA-256 (hex) of the line that ends at ManifestFrom, which the
+	// first appended line names as its prev: a copy of the manifest taken before the drain
+	// can be checked against it and joined with Manifest without reading the file again.
+	ManifestName string
+	ManifestFrom int64
+	ManifestPrev string
+	Manifest     []byte
+}
+
+// WrittenFile is one file a drain wrote whole.
+type WrittenFile struct {
+	Name string
+	Data []byte
+}
+
+// keeper collects the bytes a drain writes, up to a bound; a nil keeper keeps nothing.
+type keeper struct {
+	limit, used int64
+	over        bool
+	segs        []WrittenFile
+}
+
+func (k *keeper) wants(n int64) bool {
+	if k == nil || k.over {
+		return false
+	}
+	if k.used+n > k.limit {
+		k.over, k.segs = true, nil
+		return false
+	}
+	return true
+}
+
+func (k *keeper) add(f WrittenFile) {
+	k.used += int64(len(f.Data))
+	k.segs = append(k.segs, f)
 }
 
 // DrainResult says what a drain did.
@@ -79,6 +132,9 @@ type DrainResult struct {
 	Segments   []Segment // segments written
 	Chain      uint64    // records in the chain after the drain
 	PCRs       serialize.PCRValues
+	// Written holds the bytes the drain wrote, with DrainOptions.KeepWritten; nil when
+	// they exceeded it.
+	Written *Written
 }
 
 // Drain moves the kernel's measurement records into the store: read, persist (fsync, read
@@ -127,6 +183,11 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 		return nil, err
 	}
 	defer d.s.Unlock()
+	// Where this drain's manifest lines start (DrainResult.Written).
+	mFrom, mPrev, mN := d.s.good, d.s.lastHash, len(d.s.entries)
+	if o.KeepWritten > 0 {
+		d.keep = &keeper{limit: o.KeepWritten}
+	}
 	if err := d.hook(StepLocked, 0); err != nil {
 		return nil, err
 	}
@@ -147,6 +208,7 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 		if err := d.s.create(d.clock, banks); err != nil {
 			return nil, err
 		}
+		mFrom, mPrev, mN = 0, "", 0
 	}
 	d.s.cleanTemp()
 	if err := d.setup(); err != nil {
@@ -167,7 +229,34 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	}
 	d.res.Chain = d.s.Records()
 	d.res.PCRs, _ = d.s.PCRs()
+	d.res.Written = d.written(mFrom, mPrev, mN)
 	return d.res, nil
+}
+
+// written assembles DrainResult.Written: the segments kept by readBack and the manifest
+// lines appended since entry n, encoded again from the entries and checked against the
+// manifest's hash chain and length (nil when anything differs or the bound is passed).
+func (d *drainer) written(from int64, prev string, n int) *Written {
+	if d.keep == nil || d.keep.over {
+		return nil
+	}
+	w := &Written{Segments: d.keep.segs, ManifestName: manifestName, ManifestFrom: from, ManifestPrev: prev}
+	last := prev
+	for _, e := range d.s.entries[n:] {
+		if e.Prev != last {
+			return nil
+		}
+		line, err := encodeEntry(&e)
+		if err != nil {
+			return nil
+		}
+		last = lineHash(line)
+		w.Manifest = append(append(w.Manifest, line...), '\n')
+	}
+	if last != d.s.lastHash || from+int64(len(w.Manifest)) != d.s.good || !d.keep.wants(int64(len(w.Manifest))) {
+		return nil
+	}
+	return w
 }
 
 // defaultBanks picks the banks to replay: TPM banks the kernel extends with a hash this
@@ -206,6 +295,7 @@ type drainer struct {
 	res   *DrainResult
 	banks []serialize.Bank
 	gen   int
+	keep  *keeper // bytes written, for DrainResult.Written
 }
 
 func (d *drainer) hook(s Step, n uint64) error {
@@ -261,13 +351,16 @@ func (d *drainer) view() bootView {
 		v.bounds = []boundary{{at: 0}}
 		return v
 	}
-	v.stored, v.deleted = bs.Stored, bs.Deleted
-	if bs.Deleted == 0 {
+	// A delete refused with ESTALE (kexec under way) is recorded as carried: the next kernel
+	// holds those records, but this one still does until the jump. A drain before the jump
+	// must find them at the head of the list and skip them, not store them twice.
+	v.stored, v.deleted = bs.Stored, bs.Deleted-bs.DeletedBy[deletedCarried]
+	if v.deleted == 0 {
 		v.bounds = append(v.bounds, boundary{at: 0})
 	}
 	for _, sg := range bs.segs {
 		end := sg.Boot.FirstIndex + sg.Count
-		if end >= bs.Deleted {
+		if end >= v.deleted {
 			v.bounds = append(v.bounds, boundary{at: end, state: sg.BootHash, source: sg.Source})
 		}
 		v.sum = sg.BootSum
@@ -468,13 +561,14 @@ type segWriter struct {
 	bh    *bootHasher
 	start string
 	rp    *serialize.Replayer
+	pa    *serialize.ParallelAdder // feeds rp, one goroutine per bank, while records are read and written
 	count uint64
 	size  uint64
 }
 
 func (d *drainer) newSegment(v bootView, source string) (*segWriter, error) {
-	segs := d.s.Segments()
-	n := len(segs) + 1
+	n := len(d.s.Segments()) + 1
+	segs := d.s.ChainSegments()
 	start := serialize.PCRValues{}
 	var firstSeq uint64
 	if len(segs) > 0 {
@@ -507,7 +601,7 @@ func (d *drainer) newSegment(v bootView, source string) (*segWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: create segment: %w", err)
 	}
-	sw := &segWriter{d: d, v: v, f: f, tmp: tmp, bw: bufio.NewWriterSize(f, 1<<20), dg: serialize.NewDigester(), bh: bh, start: st, rp: rp, size: serialize.KexecHeaderSize}
+	sw := &segWriter{d: d, v: v, f: f, tmp: tmp, bw: bufio.NewWriterSize(f, 1<<20), dg: serialize.NewDigester(), bh: bh, start: st, rp: rp, pa: rp.Parallel(), size: serialize.KexecHeaderSize}
 	sw.seg = Segment{
 		Number: n, File: final, FirstSeq: firstSeq, Source: source, Backend: d.res.Backend,
 		Boot:        BootInfo{BootID: d.ki.BootID, Generation: d.gen, KernelRelease: d.ki.Release, FirstIndex: v.stored},
@@ -534,8 +628,8 @@ func (sw *segWriter) add(rec *serialize.Record) error {
 		return fmt.Errorf("store: write segment: %w", err)
 	}
 	sw.bh.h.Write(sw.buf)
-	if err := sw.rp.Add(rec); err != nil {
-		return fmt.Errorf("replay kernel record %d: %w", sw.v.stored+sw.count, err)
+	if err := sw.pa.Add(rec); err != nil {
+		return fmt.Errorf("replay kernel records (record numbers from index %d of this boot's list): %w", sw.v.stored, err)
 	}
 	sw.count++
 	sw.size += uint64(len(sw.buf))
@@ -543,6 +637,7 @@ func (sw *segWriter) add(rec *serialize.Record) error {
 }
 
 func (sw *segWriter) abort() {
+	sw.pa.Close()
 	if sw.f != nil {
 		sw.f.Close()
 		sw.f = nil
@@ -554,6 +649,9 @@ func (sw *segWriter) abort() {
 func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	d := sw.d
 	fail := func(err error) (*Segment, error) { sw.abort(); return nil, err }
+	if err := sw.pa.Close(); err != nil {
+		return fail(fmt.Errorf("replay kernel records (record numbers from index %d of this boot's list): %w", sw.v.stored, err))
+	}
 	if err := sw.bw.Flush(); err != nil {
 		return fail(fmt.Errorf("store: write segment: %w", err))
 	}
@@ -567,15 +665,16 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	if err := sw.f.Sync(); err != nil {
 		return fail(fmt.Errorf("store: fsync segment: %w", err))
 	}
-	if err := sw.f.Close(); err != nil {
-		sw.f = nil
-		return fail(fmt.Errorf("store: close segment: %w", err))
-	}
-	sw.f = nil
 	final := filepath.Join(d.s.dir, sw.seg.File)
 	if err := os.Rename(sw.tmp, final); err != nil {
 		return fail(fmt.Errorf("store: rename segment: %w", err))
 	}
+	// The descriptor stays open for the read-back: opening the file again for reading
+	// would be a FILE_CHECK measurement under common policies, a record in the kernel's
+	// list after it was read (in the kexec window, for the last drain before a kexec).
+	f := sw.f
+	sw.f = nil
+	defer f.Close()
 	if err := syncDir(filepath.Join(d.s.dir, segmentsDir)); err != nil {
 		os.Remove(final)
 		return nil, err
@@ -590,7 +689,12 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	sw.seg.PCRs = pcrsJSON(sw.rp.State())
 	sw.seg.Held = held
 	sw.seg.Retained = retained
-	sum, err := sw.readBack(final)
+	sum, err := sw.readBack(f, final)
+	if err == nil {
+		if err = f.Close(); err != nil {
+			err = fmt.Errorf("store: close segment: %w", err)
+		}
+	}
 	if err != nil {
 		os.Remove(final)
 		return nil, err
@@ -607,46 +711,93 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	return &seg, nil
 }
 
-// readBack reads the fsynced segment again and checks it holds exactly what was written:
-// header, record count, and the same boot hash. It returns the file's SHA-256.
-func (sw *segWriter) readBack(name string) (string, error) {
-	f, err := openNoFollow(name, unix.O_RDONLY, 0)
-	if err != nil {
-		return "", fmt.Errorf("store: read back segment: %w", err)
-	}
-	defer f.Close()
-	hr := &hashingReader{r: f, h: sha256.New()}
-	kr, err := serialize.NewKexecReader(bufio.NewReaderSize(hr, 1<<20), storeOrder)
-	if err != nil {
+// readBack reads the fsynced segment again, through the descriptor it was written with,
+// and checks it holds exactly what was written: the header written, and record bytes that
+// continue the boot hash to the same sum as the bytes written (SHA-256: equal sums mean
+// equal bytes, so re-parsing would add nothing); and that name is that file. It returns
+// the file's SHA-256, and keeps the bytes for DrainResult.Written when asked to.
+func (sw *segWriter) readBack(f *os.File, name string) (string, error) {
+	fail := func(err error) (string, error) {
 		return "", fmt.Errorf("store: read back segment %s: %w", sw.seg.File, err)
+	}
+	bad := func(what string) error {
+		return fmt.Errorf("store: read back segment %s: %s; nothing was deleted", sw.seg.File, what)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	if ni, err := os.Lstat(name); err != nil || !os.SameFile(fi, ni) {
+		return "", bad("the name does not refer to the file written")
+	}
+	if uint64(fi.Size()) != sw.size {
+		return "", bad(fmt.Sprintf("it has %d bytes, %d were written", fi.Size(), sw.size))
+	}
+	hdr := make([]byte, serialize.KexecHeaderSize)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return fail(err)
+	}
+	h, err := serialize.ParseKexecHeader(hdr, storeOrder)
+	if err != nil || h.Count != sw.count || h.BufferSize != sw.size {
+		return "", bad(fmt.Sprintf("its header does not describe the %d records (%d bytes) written", sw.count, sw.size))
 	}
 	bh, err := newBootHasher(sw.start)
 	if err != nil {
 		return "", err
 	}
-	var buf []byte
-	var n uint64
-	for {
-		rec, err := kr.Next()
-		if errors.Is(err, io.EOF) {
-			break
+	fh := sha256.New()
+	fh.Write(hdr)
+	body := io.NewSectionReader(f, serialize.KexecHeaderSize, int64(sw.size)-serialize.KexecHeaderSize)
+	var kept []byte
+	if sw.d.keep.wants(int64(sw.size)) {
+		kept = make([]byte, sw.size)
+		copy(kept, hdr)
+		if _, err := io.ReadFull(body, kept[len(hdr):]); err != nil {
+			return fail(err)
+		}
+		body = io.NewSectionReader(bytes.NewReader(kept), serialize.KexecHeaderSize, int64(len(kept))-serialize.KexecHeaderSize)
+	}
+	n, err := hashBoth(body, fh, bh.h)
+	if err != nil {
+		return fail(err)
+	}
+	if uint64(n)+serialize.KexecHeaderSize != sw.size || bh.sum() != sw.seg.BootSum {
+		return "", bad(fmt.Sprintf("it does not hold the %d records written", sw.count))
+	}
+	if kept != nil {
+		sw.d.keep.add(WrittenFile{Name: sw.seg.File, Data: kept})
+	}
+	return hex.EncodeToString(fh.Sum(nil)), nil
+}
+
+// hashBoth writes everything r yields to a and b, b in a second goroutine, chunk by
+// chunk. It returns the bytes read.
+func hashBoth(r io.Reader, a, b hash.Hash) (int64, error) {
+	const size = 1 << 20
+	bufs := [2][]byte{make([]byte, size), make([]byte, size)}
+	var total int64
+	done := make(chan struct{}, 1)
+	done <- struct{}{}
+	for i := 0; ; i ^= 1 {
+		n, err := io.ReadFull(r, bufs[i])
+		chunk := bufs[i][:n]
+		<-done // b has finished the previous chunk, whose buffer is read into next
+		if n > 0 {
+			total += int64(n)
+			go func() { b.Write(chunk); done <- struct{}{} }()
+			a.Write(chunk)
+		} else {
+			done <- struct{}{}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			<-done
+			return total, nil
 		}
 		if err != nil {
-			return "", fmt.Errorf("store: read back segment %s: %w", sw.seg.File, err)
+			<-done
+			return total, err
 		}
-		if buf, err = serialize.AppendKexecRecord(buf[:0], rec, sw.dg, storeOrder); err != nil {
-			return "", err
-		}
-		bh.h.Write(buf)
-		n++
 	}
-	if _, err := io.Copy(io.Discard, hr); err != nil {
-		return "", err
-	}
-	if n != sw.count || bh.sum() != sw.seg.BootSum {
-		return "", fmt.Errorf("store: read back segment %s: it does not hold the %d records written (read %d); nothing was deleted", sw.seg.File, sw.count, n)
-	}
-	return hex.EncodeToString(hr.h.Sum(nil)), nil
 }
 
 // appendDeletion records that the kernel no longer holds this boot's records before through.
@@ -654,6 +805,20 @@ func (d *drainer) appendDeletion(through uint64, carried, resolved bool) error {
 	return d.s.appendEntries([]Entry{{Type: EntryDeleted, Deleted: &Deletion{
 		BootID: d.ki.BootID, Through: through, Method: d.res.Backend, Carried: carried, Resolved: resolved,
 	}}}, nil)
+}
+
+// deletedCarried is BootState.DeletedBy's key for records carried after ESTALE.
+const deletedCarried = "carried"
+
+// carried records that a delete met ESTALE: kexec is under way and the next kernel carries
+// this boot's records before through (7.2 carries staged and current records; spec
+// §12.3). A repeated refusal adds no entry.
+func (d *drainer) carried(through uint64) error {
+	d.res.Carried = true
+	if bs := d.s.Boot(d.ki.BootID); bs != nil && bs.Deleted >= through {
+		return nil
+	}
+	return d.appendDeletion(through, true, false)
 }
 
 // settle records a deletion point found by resolve when it is past the confirmed one.
@@ -713,8 +878,7 @@ func (d *drainer) drainList(ctx context.Context, del bool) error {
 	}
 	if err := command(f, fmt.Sprintf("%d\n", pr.held)); err != nil {
 		if errors.Is(err, unix.ESTALE) {
-			d.res.Carried = true
-			return d.appendDeletion(delPoint+pr.held, true, false)
+			return d.carried(delPoint + pr.held)
 		}
 		return fmt.Errorf("delete %d records (stored and durable; the next drain retries): %w", pr.held, err)
 	}
@@ -736,7 +900,7 @@ func (d *drainer) drainTrim(ctx context.Context) error {
 	// T counts only what ima_trim_log trimmed; add what other backends deleted this boot.
 	if bs := d.s.Boot(d.ki.BootID); bs != nil {
 		for m, n := range bs.DeletedBy {
-			if m != BackendTrimLog {
+			if m != BackendTrimLog && m != deletedCarried {
 				t += n
 			}
 		}
@@ -802,7 +966,9 @@ func (d *drainer) drainStaged(ctx context.Context) error {
 			// The current list is empty; something may still be staged.
 			leftover = true
 		case errors.Is(err, unix.EACCES):
-			return fmt.Errorf("%w: %w", ErrSuspended, err)
+			// Nothing is lost: the kernel carries what it holds (staged first) to the
+			// next kernel, whose drain stores it.
+			return fmt.Errorf("%w: %w; the kernel carries the records it holds to the next kernel: drain again after the kexec", ErrSuspended, err)
 		default:
 			return fmt.Errorf("stage records: %w", err)
 		}
@@ -854,8 +1020,7 @@ func (d *drainer) drainStaged(ctx context.Context) error {
 		if pr.held > 0 {
 			if err := command(f, "D\n"); err != nil {
 				if errors.Is(err, unix.ESTALE) {
-					d.res.Carried = true
-					return d.appendDeletion(delPoint+pr.held, true, false)
+					return d.carried(delPoint + pr.held)
 				}
 				return fmt.Errorf("delete staged records (stored and durable; the next drain finishes): %w", err)
 			}
@@ -886,7 +1051,7 @@ func (r *DrainResult) String() string {
 		fmt.Fprintf(&b, "; confirmed %d deletions of an interrupted drain", r.Resolved)
 	}
 	if r.Carried {
-		b.WriteString("; delete refused with ESTALE: kexec under way, the next kernel carries the staged records")
+		b.WriteString("; delete refused with ESTALE: kexec under way, the next kernel carries the records this one still holds")
 	}
 	if r.Archived != "" {
 		fmt.Fprintf(&b, "; archived the store of an earlier power cycle to %s", r.Archived)

@@ -29,6 +29,7 @@ const (
 	SourceSnapshot      = "snapshot"      // read, nothing deleted
 	SourceCarried       = "carried"       // carried by the kernel across kexec (rejoin)
 	SourceReconstructed = "reconstructed" // rebuilt kexec-window records (rejoin)
+	SourceDuplicate     = "duplicate"     // a carried list head the chain already holds (rejoin)
 )
 
 // Entry kinds.
@@ -36,6 +37,7 @@ const (
 	EntryHeader  = "header"
 	EntrySegment = "segment"
 	EntryDeleted = "deleted"
+	EntryJoin    = "join"
 )
 
 // Entry is one line of the manifest (manifest.jsonl): a JSON object per line. Every line but
@@ -50,6 +52,29 @@ type Entry struct {
 	Header  *Header   `json:"header,omitempty"`
 	Segment *Segment  `json:"segment,omitempty"`
 	Deleted *Deletion `json:"deleted,omitempty"`
+	Join    *Join     `json:"join,omitempty"`
+}
+
+// Join records how rejoin joined a new kernel's list to the chain (design.md invariant 3):
+// which candidate the TPM proved, and where the new boot starts.
+type Join struct {
+	BootID     string `json:"boot_id"`
+	Generation int    `json:"generation"`
+	// PrevBootID is the kernel the store held before; empty for the first boot of a chain.
+	PrevBootID string `json:"prev_boot_id,omitempty"`
+	// KernelCarried is how many records at the head of the new list the old kernel carried:
+	// Duplicated of them the chain held already, the rest were measured after the last drain.
+	KernelCarried uint64 `json:"kernel_carried"`
+	Duplicated    uint64 `json:"duplicated"`
+	// Reconstructed counts kexec-window records rebuilt from the handoff and proven.
+	Reconstructed uint64 `json:"reconstructed"`
+	// BootAggregateSeq is the chain sequence number of the new kernel's boot_aggregate.
+	BootAggregateSeq uint64 `json:"boot_aggregate_seq"`
+	// Candidate describes the join that replayed to the TPM; Candidates how many were tried.
+	Candidate  string `json:"candidate"`
+	Candidates int    `json:"candidates"`
+	// PCRs are the TPM's values the join was proven against.
+	PCRs map[string]map[string]string `json:"pcrs"`
 }
 
 // TPMBinding ties the store to one TPM power cycle (TPM2_ReadClock, TPMS_CLOCK_INFO).
@@ -111,7 +136,27 @@ type Segment struct {
 	// recognises stored records at the head of the kernel's list without re-reading them.
 	BootHash string `json:"boot_hash_state"`
 	BootSum  string `json:"boot_sum"`
+	// Duplicates, when set, marks a segment that is not part of the chain: the head of a
+	// kernel's list that the previous kernel carried across kexec (spec §10.6), records the
+	// chain already holds. It is kept so drains of this boot recognise that head, and so
+	// the carried copy can be compared with the original (Check).
+	Duplicates *DupRef `json:"duplicates,omitempty"`
+	// Reconstructed lists, for a segment of source "reconstructed", what each record was
+	// rebuilt from (kexec-window records the old kernel measured but did not carry); they
+	// are in the chain only because the TPM proved them (rejoin).
+	Reconstructed []string `json:"reconstructed,omitempty"`
 }
+
+// DupRef names the records a duplicate segment repeats: indexes [From, To) of the list of
+// the kernel with BootID.
+type DupRef struct {
+	BootID string `json:"boot_id"`
+	From   uint64 `json:"from"`
+	To     uint64 `json:"to"`
+}
+
+// InChain reports whether the segment's records are part of the chain.
+func (s *Segment) InChain() bool { return s.Duplicates == nil }
 
 // End is one past the last sequence number.
 func (s *Segment) End() uint64 { return s.FirstSeq + s.Count }
@@ -188,6 +233,7 @@ func parseManifest(b []byte) (entries []Entry, lastHash string, good int, err er
 			switch {
 			case e.Type == EntrySegment && e.Segment != nil:
 			case e.Type == EntryDeleted && e.Deleted != nil:
+			case e.Type == EntryJoin && e.Join != nil:
 			default:
 				return nil, "", 0, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("entry of type %q without its body", e.Type)}
 			}

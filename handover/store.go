@@ -108,7 +108,30 @@ func (s *Store) Header() *Header {
 // Entries returns the manifest entries in order (header first).
 func (s *Store) Entries() []Entry { return s.entries }
 
-// Segments returns the segments in chain order.
+// ChainSegments returns the segments whose records make up the chain, in order (all but
+// duplicate segments).
+func (s *Store) ChainSegments() []Segment {
+	var out []Segment
+	for _, e := range s.entries {
+		if e.Segment != nil && e.Segment.InChain() {
+			out = append(out, *e.Segment)
+		}
+	}
+	return out
+}
+
+// Joins returns the join entries, in order.
+func (s *Store) Joins() []Join {
+	var out []Join
+	for _, e := range s.entries {
+		if e.Join != nil {
+			out = append(out, *e.Join)
+		}
+	}
+	return out
+}
+
+// Segments returns every segment in manifest order, duplicate segments included.
 func (s *Store) Segments() []Segment {
 	var out []Segment
 	for _, e := range s.entries {
@@ -121,7 +144,7 @@ func (s *Store) Segments() []Segment {
 
 // Records is the number of records in the chain.
 func (s *Store) Records() uint64 {
-	segs := s.Segments()
+	segs := s.ChainSegments()
 	if len(segs) == 0 {
 		return 0
 	}
@@ -147,7 +170,7 @@ func (s *Store) LastDrain() time.Time {
 
 // PCRs returns the replayed PCR values after the last segment (empty for no segment).
 func (s *Store) PCRs() (serialize.PCRValues, error) {
-	segs := s.Segments()
+	segs := s.ChainSegments()
 	if len(segs) == 0 {
 		return serialize.PCRValues{}, nil
 	}
@@ -522,10 +545,18 @@ type ChainReader struct {
 	n    uint64
 	seq  uint64
 	err  error
+	all  bool // duplicate segments included: no sequence continuity
+	// single reads one segment on its own: no numbering or continuity checks.
+	single bool
 }
 
 // Reader returns a reader over every record of the chain. Close it when done.
-func (s *Store) Reader() *ChainReader { return &ChainReader{s: s, segs: s.Segments(), i: -1} }
+func (s *Store) Reader() *ChainReader { return &ChainReader{s: s, segs: s.ChainSegments(), i: -1} }
+
+// allReader reads every segment file, duplicate segments included (Check).
+func (s *Store) allReader() *ChainReader {
+	return &ChainReader{s: s, segs: s.Segments(), i: -1, all: true}
+}
 
 // Segment is the segment of the record last returned.
 func (c *ChainReader) Segment() *Segment {
@@ -576,7 +607,21 @@ func (c *ChainReader) Next() (*serialize.Record, error) {
 
 func (c *ChainReader) open() error {
 	sg := &c.segs[c.i]
-	if sg.Number != c.i+1 || (c.i > 0 && sg.FirstSeq != c.segs[c.i-1].End()) || (c.i == 0 && sg.FirstSeq != 0) {
+	prevNum, prevEnd := 0, uint64(0)
+	for j := c.i - 1; j >= 0; j-- {
+		if c.segs[j].InChain() || c.all {
+			prevNum = c.segs[j].Number
+			break
+		}
+	}
+	for j := c.i - 1; j >= 0; j-- {
+		if c.segs[j].InChain() {
+			prevEnd = c.segs[j].End()
+			break
+		}
+	}
+	badNum := sg.Number <= prevNum || (c.all && sg.Number != c.i+1)
+	if !c.single && (badNum || (sg.InChain() && sg.FirstSeq != prevEnd)) {
 		return &TamperError{File: manifestName, What: fmt.Sprintf("segment %d (#%d in the manifest) does not continue the chain", sg.Number, c.i+1)}
 	}
 	if filepath.Clean(sg.File) != segmentName(sg.Number) {
@@ -688,7 +733,7 @@ func (s *Store) Check() (*CheckResult, error) {
 			lineOf[e.Segment.Number] = e.Index + 1
 		}
 	}
-	cr := s.Reader()
+	cr := s.allReader()
 	defer cr.Close()
 	var (
 		rp      *serialize.Replayer
@@ -699,9 +744,30 @@ func (s *Store) Check() (*CheckResult, error) {
 		dg      = serialize.NewDigester()
 		bootEnd = map[string]uint64{}
 		bootSt  = map[string]string{}
+		// sums[boot][end] is the boot hash sum of that boot's records [0, end).
+		sums = map[string]map[uint64]string{}
 	)
 	endSeg := func(i int) error {
 		sg := &segs[i]
+		if bh.sum() != sg.BootSum || bh.state() != sg.BootHash {
+			return &TamperError{File: sg.File, What: fmt.Sprintf("segment %d boot hash differs from the manifest (line %d)", sg.Number, lineOf[sg.Number])}
+		}
+		end := sg.Boot.FirstIndex + sg.Count
+		bootEnd[sg.Boot.BootID] = end
+		bootSt[sg.Boot.BootID] = sg.BootHash
+		if sums[sg.Boot.BootID] == nil {
+			sums[sg.Boot.BootID] = map[uint64]string{0: hex.EncodeToString(sha256.New().Sum(nil))}
+		}
+		sums[sg.Boot.BootID][end] = sg.BootSum
+		res.Segments++
+		res.Bytes += sg.Size
+		if d := sg.Duplicates; d != nil {
+			// A carried head from index 0 must hash like the old kernel's stored list.
+			if want, ok := sums[d.BootID][d.To]; d.From == 0 && ok && want != sg.BootSum {
+				return &TamperError{File: sg.File, What: fmt.Sprintf("segment %d does not repeat records [0,%d) of boot %s as it claims (line %d)", sg.Number, d.To, d.BootID, lineOf[sg.Number])}
+			}
+			return nil
+		}
 		got := rp.State()
 		want, err := decodePCRs(sg.PCRs)
 		if err != nil {
@@ -710,14 +776,7 @@ func (s *Store) Check() (*CheckResult, error) {
 		if !pcrsEqual(got, want) {
 			return &TamperError{File: sg.File, What: fmt.Sprintf("segment %d replays to PCR values other than the manifest records (line %d)", sg.Number, lineOf[sg.Number])}
 		}
-		if bh.sum() != sg.BootSum || bh.state() != sg.BootHash {
-			return &TamperError{File: sg.File, What: fmt.Sprintf("segment %d boot hash differs from the manifest (line %d)", sg.Number, lineOf[sg.Number])}
-		}
-		bootEnd[sg.Boot.BootID] = sg.Boot.FirstIndex + sg.Count
-		bootSt[sg.Boot.BootID] = sg.BootHash
 		prevPCR = got
-		res.Segments++
-		res.Bytes += sg.Size
 		return nil
 	}
 	startSeg := func(i int) error {
@@ -728,6 +787,10 @@ func (s *Store) Check() (*CheckResult, error) {
 		var err error
 		if bh, err = newBootHasher(bootSt[sg.Boot.BootID]); err != nil {
 			return &TamperError{File: manifestName, Line: lineOf[sg.Number], What: err.Error()}
+		}
+		rp = nil
+		if !sg.InChain() {
+			return nil
 		}
 		scheme, _ := serialize.ParseScheme(sg.Scheme)
 		rp, err = serialize.NewReplayer(serialize.ReplayOptions{Banks: banks, Scheme: scheme, Order: storeOrder, Start: prevPCR, DigestBank: &serialize.SHA1})
@@ -753,14 +816,16 @@ func (s *Store) Check() (*CheckResult, error) {
 				return nil, err
 			}
 		}
-		if err := rp.Add(rec); err != nil {
-			return nil, &TamperError{File: segs[cur].File, What: fmt.Sprintf("record %d: %v", cr.n-1, err)}
+		if rp != nil {
+			if err := rp.Add(rec); err != nil {
+				return nil, &TamperError{File: segs[cur].File, What: fmt.Sprintf("record %d: %v", cr.n-1, err)}
+			}
+			res.Records++
 		}
 		if buf, err = serialize.AppendKexecRecord(buf[:0], rec, dg, storeOrder); err != nil {
 			return nil, err
 		}
 		bh.h.Write(buf)
-		res.Records++
 	}
 	if cur >= 0 {
 		if err := endSeg(cur); err != nil {

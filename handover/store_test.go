@@ -125,7 +125,6 @@ func TestBindingArchive(t *testing.T) {
 	if err := e.k.ColdBoot(); err != nil {
 		t.Fatal(err)
 	}
-	e.writeProc()
 	st := GetStatus(e.paths, e.store, e.k.TPM(), "sim", nil)
 	if st.Store.BindingMatch == nil || *st.Store.BindingMatch || !strings.Contains(st.Store.BindingNote, "archives") {
 		t.Fatalf("status after cold boot: match %v note %q", st.Store.BindingMatch, st.Store.BindingNote)
@@ -218,7 +217,7 @@ func TestKill9(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newKenv(t, c.cfg)
-			sock := serveTPM(t, e.k.TPM())
+			sock := e.sock
 			seed := uint64(time.Now().UnixNano())
 			t.Logf("seed %d", seed)
 			rng := rand.New(rand.NewPCG(seed, 7))
@@ -258,7 +257,7 @@ func TestCLIStatusDrain(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	e := newKenv(t, kmodel.Config{Profile: kmodel.Profile72})
-	sock := serveTPM(t, e.k.TPM())
+	sock := e.sock
 	e.work(40)
 	run := func(args ...string) (string, int) {
 		full := append([]string{"--securityfs", e.paths.Securityfs, "--tpm", "unix:" + sock}, args...)

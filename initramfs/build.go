@@ -70,7 +70,12 @@ func BuildInitramfs(w io.Writer, o BuildOptions) error {
 		if !ok || src == "" || dst == "" {
 			return fmt.Errorf("file %q: want SRC:DST", spec)
 		}
-		if err := add(dst, file{src: src, mode: 0o644}); err != nil {
+		// Keep an executable source executable (a shell "bin/sh", a program for --next).
+		mode := uint64(0o644)
+		if fi, err := os.Stat(src); err == nil && fi.Mode()&0o111 != 0 {
+			mode = 0o755
+		}
+		if err := add(dst, file{src: src, mode: mode}); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package initramfs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -58,11 +59,54 @@ type Drained struct {
 	KernelCarries int
 	Backend       string
 	// Store lists every file of the store after the drain. Data is set for files the drain
-	// wrote (it has the bytes); for others, Size and SHA256 let the flow use its copy read
-	// before the drain. A file the flow cannot match is read again after the drain and
-	// recorded in Handoff.PostDrainReads (it may be a FILE_CHECK record in the window).
-	// When Store is nil, the flow carries its pre-drain copy as it is.
+	// wrote whole (it has the bytes); Appended covers files it appended to; for others,
+	// Size and SHA256 let the flow use its copy read before the drain. A file the flow
+	// cannot match is read again after the drain and recorded in Handoff.PostDrainReads
+	// (it may be a FILE_CHECK record in the window). When Store is nil, the flow carries
+	// its pre-drain copy as it is.
 	Store []StoreFile
+	// Appended holds, by store file name, the bytes the drain appended to a file it did
+	// not rewrite (the manifest). The flow joins its pre-drain copy, cut at From, with
+	// them, so that it need not read the file again.
+	Appended map[string]Appended
+}
+
+// Appended is what a drain appended to one store file.
+type Appended struct {
+	// From is the file's length when the drain took the store (0: the drain wrote the
+	// file from scratch, and Data is all of it).
+	From int64
+	// Data are the bytes from From to the end of the file.
+	Data []byte
+	// PrevLineSHA256, when set, is the SHA-256 (hex) of the line that ends at From (the
+	// manifest's hash chain): the flow's copy must end its first From bytes with it.
+	PrevLineSHA256 string
+}
+
+// join returns the file as the drain left it, from the flow's pre-drain copy, or false
+// when the copy does not hold the prefix the drain appended to.
+func (a Appended) join(old []byte, haveOld bool, size int64) ([]byte, bool) {
+	if a.From+int64(len(a.Data)) != size {
+		return nil, false
+	}
+	if a.From == 0 {
+		return a.Data, true
+	}
+	if !haveOld || int64(len(old)) < a.From {
+		return nil, false
+	}
+	prefix := old[:a.From]
+	if a.PrevLineSHA256 != "" {
+		body := bytes.TrimSuffix(prefix, []byte("\n"))
+		if len(body) == len(prefix) {
+			return nil, false // the prefix does not end with a complete line
+		}
+		last := body[bytes.LastIndexByte(body, '\n')+1:]
+		if sum := sha256.Sum256(last); hex.EncodeToString(sum[:]) != a.PrevLineSHA256 {
+			return nil, false
+		}
+	}
+	return append(bytes.Clone(prefix), a.Data...), true
 }
 
 // InputFile is an input opened for reading. *os.File implements it.
@@ -812,9 +856,17 @@ func storeAfterDrain(o KexecOptions, snapshot []StoreFile, dr *Drained, algo str
 		if err := checkStoreName(f.Name); err != nil {
 			return nil, nil, fmt.Errorf("drain result: %w", err)
 		}
-		switch s, ok := old[f.Name]; {
+		s, ok := old[f.Name]
+		a, appended := dr.Appended[f.Name]
+		var joined []byte
+		if appended {
+			joined, appended = a.join(s.Data, ok, f.Size)
+		}
+		switch {
 		case f.Data != nil:
 			out = append(out, NewStoreFile(f.Name, f.Data))
+		case appended:
+			out = append(out, NewStoreFile(f.Name, joined))
 		case ok && s.Size == f.Size && (f.SHA256 == "" || f.SHA256 == s.SHA256):
 			out = append(out, s)
 		default:

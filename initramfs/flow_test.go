@@ -132,7 +132,7 @@ func newEnv(t *testing.T) *env {
 	write(filepath.Join(dir, "initrd.img"), zstdBytes(t, baseArchive(t)))
 	write(filepath.Join(proc, "cmdline"), []byte("BOOT_IMAGE=/vmlinuz root=/dev/vda imakexec.initrd=sha256:00 quiet\n"))
 	write(filepath.Join(proc, "sys", "kernel", "kexec_load_disabled"), []byte("0\n"))
-	write(filepath.Join(store, "manifest.json"), []byte(`{"segments":1}`))
+	write(filepath.Join(store, "manifest.json"), []byte(manifest1))
 	write(filepath.Join(store, "seg-000001.kexec"), bytes.Repeat([]byte{1}, 300))
 	write(filepath.Join(store, ".lock"), nil)
 	e := &env{tr: tr, dir: dir}
@@ -140,12 +140,29 @@ func newEnv(t *testing.T) *env {
 		TPM: true, StoreBound: true, Pending: 7, Backend: "snapshot",
 		IMAHash: "sha256", Templates: []string{"ima-ng", "ima-buf"}, Banks: []string{"sha1", "sha256"},
 	}}
-	// The drain wrote one new segment and a new manifest; the old segment is untouched.
+	// The drain wrote one new segment and appended a line to the manifest (as
+	// handover.Drain does, handing both over); the old segment is untouched.
+	newSeg := bytes.Repeat([]byte{2}, 200)
 	e.steps.drained = Drained{Records: 7, Backend: "snapshot", Store: []StoreFile{
-		{Name: "manifest.json", Data: []byte(`{"segments":2}`)},
+		{Name: "manifest.json", Size: int64(len(manifest1 + manifestLine2))},
 		{Name: "seg-000001.kexec", Size: 300, SHA256: sha256hex(bytes.Repeat([]byte{1}, 300))},
-		{Name: "seg-000002.kexec", Data: bytes.Repeat([]byte{2}, 200)},
-	}}
+		{Name: "seg-000002.kexec", Data: newSeg},
+	}, Appended: map[string]Appended{"manifest.json": {
+		From: int64(len(manifest1)), Data: []byte(manifestLine2), PrevLineSHA256: sha256hex([]byte(`{"segments":1}`)),
+	}}}
+	// The fake drain changes the files as the real one would, so the carried store can be
+	// compared with the disk.
+	e.steps.onDrain = func() {
+		f, err := os.OpenFile(filepath.Join(store, "manifest.json"), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(manifestLine2); err != nil {
+			t.Fatal(err)
+		}
+		write(filepath.Join(store, "seg-000002.kexec"), newSeg)
+	}
 	e.kx = &fakeKexec{tr: tr}
 	e.opts = KexecOptions{
 		Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img"),
@@ -161,6 +178,29 @@ func newEnv(t *testing.T) *env {
 		},
 	}
 	return e
+}
+
+const (
+	manifest1     = "{\"header\":1}\n{\"segments\":1}\n"
+	manifestLine2 = "{\"segments\":2}\n"
+)
+
+// diskStore reads the store directory as the flow carries it.
+func diskStore(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	names, err := ListStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n] = string(b)
+	}
+	return out
 }
 
 func sha256hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
@@ -250,8 +290,11 @@ func TestKexecOrderOfOperations(t *testing.T) {
 	for _, f := range h.Store.Files {
 		got[f.Name] = string(f.Data)
 	}
-	if got["manifest.json"] != `{"segments":2}` || len(got["seg-000001.kexec"]) != 300 || len(got["seg-000002.kexec"]) != 200 || len(got) != 3 {
-		t.Errorf("carried store %v", got)
+	// The carried store is the store as the drain left it, byte for byte, though nothing
+	// was read after the drain: the manifest is the copy read before, joined with the line
+	// the drain appended.
+	if want := diskStore(t, e.opts.Store); fmt.Sprint(got) != fmt.Sprint(want) || got["manifest.json"] != manifest1+manifestLine2 {
+		t.Errorf("carried store %q\nwant %q", got, want)
 	}
 	if len(h.PostDrainReads) != 0 {
 		t.Errorf("post-drain reads %+v", h.PostDrainReads)
@@ -266,7 +309,9 @@ func TestKexecPostDrainReadIsRecorded(t *testing.T) {
 	// The drain rewrote seg-000001 without handing over its bytes: the flow must read it
 	// again, after the drain, and say so in the handoff.
 	newSeg := bytes.Repeat([]byte{9}, 310)
+	fakeDrain := e.steps.onDrain
 	e.steps.onDrain = func() {
+		fakeDrain()
 		if err := os.WriteFile(filepath.Join(e.opts.Store, "seg-000001.kexec"), newSeg, 0o600); err != nil {
 			t.Error(err)
 		}
@@ -445,4 +490,70 @@ func TestKexecNoInitrd(t *testing.T) {
 		t.Fatalf("%v %+v", err, ih)
 	}
 	_ = io.EOF
+}
+
+// TestKexecAppendedManifest: the manifest the drain appended to is carried as the flow's
+// pre-drain copy joined with the appended bytes only when the copy provably holds the
+// prefix (long enough, last line hashing to the drain's prev); a torn last line that the
+// drain cut off is dropped from the copy. Otherwise the file is read again after the drain
+// and the read is recorded. Either way the carried store equals the disk.
+func TestKexecAppendedManifest(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		mod   func(e *env)
+		reads bool
+	}{
+		{"torn-tail-cut", func(e *env) {
+			// A crash left half a line; the copy holds it, the drain cuts it.
+			p := filepath.Join(e.opts.Store, "manifest.json")
+			os.WriteFile(p, []byte(manifest1+`{"segm`), 0o600)
+			fake := e.steps.onDrain
+			e.steps.onDrain = func() { os.WriteFile(p, []byte(manifest1), 0o600); fake() }
+		}, false},
+		{"appended-since-copy", func(e *env) {
+			// Another drain appended a line between the flow's copy and the last drain.
+			const other = "{\"segments\":\"other\"}\n"
+			p := filepath.Join(e.opts.Store, "manifest.json")
+			fake := e.steps.onDrain
+			e.steps.onDrain = func() {
+				os.WriteFile(p, []byte(manifest1+other), 0o600)
+				fake()
+			}
+			e.steps.drained.Store[0].Size = int64(len(manifest1 + other + manifestLine2))
+			e.steps.drained.Appended["manifest.json"] = Appended{From: int64(len(manifest1 + other)), Data: []byte(manifestLine2),
+				PrevLineSHA256: sha256hex([]byte(strings.TrimSuffix(other, "\n")))}
+		}, true},
+		{"prev-differs", func(e *env) {
+			a := e.steps.drained.Appended["manifest.json"]
+			a.PrevLineSHA256 = sha256hex([]byte("another line"))
+			e.steps.drained.Appended["manifest.json"] = a
+		}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			c.mod(e)
+			if _, err := e.run(t); err != nil {
+				t.Fatal(err)
+			}
+			ih, err := ReadImageHandoff(bytes.NewReader(e.kx.initrd), int64(len(e.kx.initrd)), Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, f := range ih.Handoff.Store.Files {
+				got[f.Name] = string(f.Data)
+			}
+			disk := diskStore(t, e.opts.Store)
+			if fmt.Sprint(got) != fmt.Sprint(disk) {
+				t.Fatalf("carried %q\nwant %q", got, disk)
+			}
+			r := ih.Handoff.PostDrainReads
+			switch {
+			case c.reads && (len(r) != 1 || !strings.HasSuffix(r[0].Path, "manifest.json") || r[0].Digest != "sha256:"+sha256hex([]byte(disk["manifest.json"]))):
+				t.Fatalf("post-drain reads %+v, want the manifest", r)
+			case !c.reads && len(r) != 0:
+				t.Fatalf("post-drain reads %+v", r)
+			}
+		})
+	}
 }

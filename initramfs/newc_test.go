@@ -173,9 +173,8 @@ func TestAppendedArchiveReadBack(t *testing.T) {
 
 func TestUnalignedAfterCompressedIsRefused(t *testing.T) {
 	gz := gzipBytes(t, baseArchive(t))
-	for len(gz)%4 == 0 {
-		gz = append(gz, 0)
-		gz = gzipBytes(t, append(baseArchive(t), make([]byte, 4)...))
+	for pad := 4; len(gz)%4 == 0; pad += 4 {
+		gz = gzipBytes(t, append(baseArchive(t), make([]byte, pad)...))
 	}
 	arch, _ := HandoffArchive(testHandoff(), testStore())
 	img := append(append([]byte{}, gz...), arch...) // no padding

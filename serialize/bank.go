@@ -200,3 +200,14 @@ func (b Bank) checkComputable() error {
 	}
 	return nil
 }
+
+// Sum returns the bank's hash of data, for banks whose hash this package implements (SHA1,
+// SHA256, SHA384, SHA512).
+func (b Bank) Sum(data []byte) ([]byte, error) {
+	if b.hash == 0 {
+		return nil, fmt.Errorf("%w: no hash for bank %s", ErrUnknownBank, b.Name)
+	}
+	out := make([]byte, b.Size)
+	b.sum(out, data)
+	return out, nil
+}

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/imakexec/imakexec/handover"
 	"github.com/imakexec/imakexec/initramfs"
 )
 
@@ -75,7 +78,7 @@ func (c *hookCmd) Run(ctx context.Context, env *Env, args []string) error {
 	}
 	res := initramfs.RunHook(ctx, initramfs.HookOptions{
 		Root: c.root, Handoff: rel(c.handoff), Store: rel(c.store), Mount: !c.noMount, Console: console,
-	}, rejoinUnavailable{})
+	}, hookRejoiner{root: c.root, tpm: env.Global.TPM})
 	next := c.next
 	if next == "" && os.Getpid() == 1 {
 		for _, p := range []string{"/sbin/init", "/bin/sh"} {
@@ -109,13 +112,30 @@ func (c *hookCmd) Run(ctx context.Context, env *Env, args []string) error {
 	return nil
 }
 
-// errRejoinUnavailable: package handover has no rejoin yet.
-var errRejoinUnavailable = errors.New("rejoin not available in this build of imakexec")
+// hookRejoiner adapts handover.Rejoin to initramfs.Rejoiner: the hook has copied the
+// carried store into storeDir; the handoff describes the kexec window.
+type hookRejoiner struct {
+	root string
+	tpm  string
+}
 
-// rejoinUnavailable adapts handover's rejoin to initramfs.Rejoiner; until it exists the
-// hook reports that it could not verify.
-type rejoinUnavailable struct{}
-
-func (rejoinUnavailable) Rejoin(context.Context, *initramfs.Handoff, string) (*initramfs.Verdict, error) {
-	return nil, errRejoinUnavailable
+func (r hookRejoiner) Rejoin(ctx context.Context, h *initramfs.Handoff, storeDir string) (*initramfs.Verdict, error) {
+	t, err := handover.OpenTPM(r.tpm)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	paths := handover.Paths{Securityfs: filepath.Join(r.root, "sys/kernel/security"), Proc: filepath.Join(r.root, "proc")}
+	res, err := handover.Rejoin(ctx, handover.RejoinOptions{Paths: paths, StoreDir: storeDir, TPM: t,
+		Window: windowFromHandoff(h, readCmdline(paths.Proc))})
+	if err != nil {
+		return &initramfs.Verdict{Verified: false, Summary: err.Error()}, nil
+	}
+	v := res.Verify
+	var banks []string
+	for _, b := range v.Banks {
+		banks = append(banks, b.Name)
+	}
+	sum := fmt.Sprintf("%d records, generation %d, %s match the TPM; %s", v.Records, res.Generation, strings.Join(banks, "+"), res.Description)
+	return &initramfs.Verdict{Verified: v.Verified, Summary: sum}, nil
 }

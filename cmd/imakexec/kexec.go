@@ -162,11 +162,16 @@ func (s *handoverSteps) Inspect(ctx context.Context) (*initramfs.State, error) {
 	return out, nil
 }
 
+// keepWritten bounds the bytes the last drain hands over (DrainOptions.KeepWritten). The
+// last drain before a kexec moves only what was measured since the previous drain; a
+// larger one leaves its files to be read again, and those reads recorded.
+const keepWritten = 64 << 20
+
 func (s *handoverSteps) Drain(ctx context.Context) (*initramfs.Drained, error) {
 	if s.t == nil {
 		return nil, fmt.Errorf("drain needs a TPM: %w", s.tpmErr)
 	}
-	res, err := handover.Drain(ctx, handover.DrainOptions{Paths: s.paths, StoreDir: s.store, TPM: s.t, NoWait: false})
+	res, err := handover.Drain(ctx, handover.DrainOptions{Paths: s.paths, StoreDir: s.store, TPM: s.t, KeepWritten: keepWritten})
 	if err != nil {
 		return nil, err
 	}
@@ -174,13 +179,26 @@ func (s *handoverSteps) Drain(ctx context.Context) (*initramfs.Drained, error) {
 	if res.Carried {
 		d.KernelCarries = int(res.Held - res.Retained)
 	}
-	// handover.DrainResult does not hand over the bytes it wrote, so the store is listed
-	// from the directory (a directory read is not measured): new segments carry their
-	// size and SHA-256, other files their size. Files that differ from the flow's pre-drain
-	// copy are read again and recorded as post-drain reads.
+	// The store is listed from the directory (a directory read is not measured). The drain
+	// hands over what it wrote: new segments whole, the lines it appended to the manifest;
+	// the flow takes every other file from its copy read before the drain. A file it
+	// cannot match (the bytes were not kept) is read again and recorded as a post-drain
+	// read.
+	whole := map[string][]byte{}
 	written := map[string]handover.Segment{}
 	for _, sg := range res.Segments {
 		written[sg.File] = sg
+	}
+	if w := res.Written; w != nil {
+		for _, f := range w.Segments {
+			whole[f.Name] = f.Data
+		}
+		a := initramfs.Appended{From: w.ManifestFrom, Data: w.Manifest, PrevLineSHA256: w.ManifestPrev}
+		if w.ManifestFrom == 0 {
+			whole[w.ManifestName] = w.Manifest
+		} else {
+			d.Appended = map[string]initramfs.Appended{w.ManifestName: a}
+		}
 	}
 	names, err := initramfs.ListStore(s.store)
 	if err != nil {
@@ -193,7 +211,9 @@ func (s *handoverSteps) Drain(ctx context.Context) (*initramfs.Drained, error) {
 			return nil, fmt.Errorf("list store after drain: %w", err)
 		}
 		f := initramfs.StoreFile{Name: n, Size: fi.Size()}
-		if sg, ok := written[n]; ok {
+		if data, ok := whole[n]; ok && int64(len(data)) == f.Size {
+			f = initramfs.NewStoreFile(n, data)
+		} else if sg, ok := written[n]; ok {
 			f.SHA256 = sg.SHA256
 		}
 		d.Store = append(d.Store, f)

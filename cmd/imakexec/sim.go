@@ -22,9 +22,9 @@ import (
 
 // simCmd runs the kernel model as a process (README-sim.md).
 type simCmd struct {
-	profile, mount, tpmSocket, control, policy, template, hash string
-	flushHTable, disableHTable                                 bool
-	extraKB                                                    int
+	profile, mount, tpmSocket, control, policy, template, hash, proc string
+	flushHTable, disableHTable                                       bool
+	extraKB                                                          int
 }
 
 func init() { register(&simCmd{}) }
@@ -48,6 +48,7 @@ func (c *simCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.flushHTable, "flush-htable", false, "boot with ima_flush_htable")
 	fs.BoolVar(&c.disableHTable, "disable-htable", false, "CONFIG_IMA_DISABLE_HTABLE")
 	fs.IntVar(&c.extraKB, "extra-memory-kb", 0, "CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB (6.16+)")
+	fs.StringVar(&c.proc, "proc", "", "directory the model keeps the procfs files in that imakexec reads (boot id, release, cmdline); pass it as --proc to the other commands")
 }
 
 func (c *simCmd) Run(ctx context.Context, env *Env, args []string) error {
@@ -61,7 +62,7 @@ func (c *simCmd) Run(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
-	cfg := kmodel.Config{Profile: p, Template: c.template, Hash: c.hash, FlushHTable: c.flushHTable, DisableHTable: c.disableHTable, ExtraMemoryKB: c.extraKB}
+	cfg := kmodel.Config{Profile: p, Template: c.template, Hash: c.hash, FlushHTable: c.flushHTable, DisableHTable: c.disableHTable, ExtraMemoryKB: c.extraKB, Proc: c.proc}
 	if c.policy != "" {
 		b, err := os.ReadFile(c.policy)
 		if err != nil {

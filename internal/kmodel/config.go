@@ -136,6 +136,14 @@ type Config struct {
 	NoFirmware bool
 	// TPM is the TPM to use; nil opens the in-process simulator (closed by Close).
 	TPM TPMDevice
+	// StagingRFCv1 serves the staged files under the names of the staging RFC v1 (Dec
+	// 2025, spec §12.1): `…_staged_<algo>` rather than `…_<algo>_staged`, and reading an
+	// empty staged list fails with ENOENT. Its other differences (N on the staged file,
+	// staged records not carried by kexec) are not modelled. Only with Staging.
+	StagingRFCv1 bool
+	// Proc, when set, is a directory where the kernel keeps the /proc files imakexec reads
+	// (boot id, release, command line) current at every boot; see DefaultCmdline.
+	Proc string
 }
 
 // DefaultPolicy measures executed files, files read by root, the three kexec functions

@@ -170,3 +170,38 @@ func TestErrorRowsFlushAndOld(t *testing.T) {
 		}
 	})
 }
+
+// TestStagingRFCv1Names: with StagingRFCv1 the staged files carry the RFC v1 names
+// (`…_staged_<algo>`, the `_staged` symlinks pointing at them), A and D work on them, and
+// reading an empty staged list fails with ENOENT.
+func TestStagingRFCv1Names(t *testing.T) {
+	env := kmodeltest.Mount(t, kmodel.Config{Profile: kmodel.Profile72, StagingRFCv1: true})
+	env.Kernel.Synthetic(3)
+	for _, b := range allBanks {
+		if _, err := os.Stat(filepath.Join(env.IMADir, "binary_runtime_measurements_staged_"+b.Name)); err != nil {
+			t.Errorf("RFC v1 staged file for %s: %v", b.Name, err)
+		}
+		if _, err := os.Lstat(filepath.Join(env.IMADir, "binary_runtime_measurements_"+b.Name+"_staged")); !os.IsNotExist(err) {
+			t.Errorf("7.2 staged name for %s exists under RFC v1: %v", b.Name, err)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(env.IMADir, "binary_runtime_measurements_staged")); err != nil || target != "binary_runtime_measurements_staged_sha1" {
+		t.Errorf("staged symlink: %q %v", target, err)
+	}
+	staged := filepath.Join(env.IMADir, "binary_runtime_measurements_staged_sha1")
+	if _, err := os.ReadFile(staged); errnoOf(err) != syscall.ENOENT {
+		t.Errorf("read of an empty RFC v1 staged list: %v, want ENOENT", err)
+	}
+	if err := writeFile(staged, os.O_WRONLY, "A\n"); err != nil {
+		t.Fatalf("A: %v", err)
+	}
+	if recs := readRecords(t, staged, 20); len(recs) != 4 { // boot_aggregate + 3
+		t.Errorf("staged %d records, want 4", len(recs))
+	}
+	if err := writeFile(staged, os.O_WRONLY, "D\n"); err != nil {
+		t.Fatalf("D: %v", err)
+	}
+	if c := env.Kernel.Counters(); c.Staged != 0 || c.Current != 0 {
+		t.Errorf("after A and D: %+v", c)
+	}
+}

@@ -136,6 +136,8 @@ type Kernel struct {
 	restored    int
 	boots       int
 	generation  uint64
+	bootID      string // /proc/sys/kernel/random/boot_id
+	cmdline     string // /proc/cmdline
 
 	users       int64 // ima_measure_users
 	writer      int   // TID of the writer, 0 if none
@@ -163,7 +165,7 @@ func New(cfg Config) (*Kernel, error) {
 	if _, err := serialize.LookupTemplate(c.Template); err != nil {
 		return nil, fmt.Errorf("template %q: %w", c.Template, err)
 	}
-	k := &Kernel{cfg: c, feat: c.Profile.Features(), policy: pol, hash: hb, dg: serialize.NewDigester()}
+	k := &Kernel{cfg: c, feat: c.Profile.Features(), policy: pol, hash: hb, dg: serialize.NewDigester(), cmdline: DefaultCmdline(c)}
 	k.hashFn = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}[c.Hash]
 	dev := c.TPM
 	if dev == nil {
@@ -291,6 +293,10 @@ func (k *Kernel) boot(kexecBuf []byte) error {
 	k.generation++
 	k.boots++
 	k.restored, k.restoreErr = 0, nil
+	k.bootID = newBootID()
+	if err := k.writeProc(); err != nil {
+		return err
+	}
 	if kexecBuf != nil {
 		k.restored, k.restoreErr = k.restore(kexecBuf)
 	}

@@ -18,6 +18,7 @@ type kexecImage struct {
 	buf     []byte // the segment content once the list was copied (at load before 6.16)
 	copied  bool
 	note    string
+	cmdline string // the next kernel's /proc/cmdline
 }
 
 // File is a file given to kexec_file_load: its path (the measured name) and content.
@@ -72,7 +73,7 @@ func (k *Kernel) KexecLoadFiles(kernel, initrd File, cmdline string) (KexecLoadR
 		return out, err
 	}
 	out.Measurements = append(out.Measurements, r)
-	img := &kexecImage{}
+	img := &kexecImage{cmdline: cmdline}
 	if k.feat.IMAKexec {
 		size := k.listSize()
 		extra := int64(pageSize / 2)
@@ -220,6 +221,7 @@ func (k *Kernel) KexecExecuteResult() (KexecExecuteResult, error) {
 		out.BufferRecords = le.Uint64(buf[16:])
 	}
 	k.lastDump = buf
+	k.cmdline = img.cmdline
 	if k.nextProfile != "" {
 		k.cfg.Profile = k.nextProfile
 		k.feat = k.nextProfile.Features()
@@ -257,6 +259,7 @@ func (k *Kernel) ColdBoot() error {
 		}
 	}
 	k.lastDump = nil
+	k.cmdline = DefaultCmdline(k.cfg)
 	return k.boot(nil)
 }
 
@@ -355,6 +358,8 @@ func (m *memWS) Seek(off int64, whence int) (int64, error) {
 }
 
 // Restore errors (ima_restore_measurement_list fails with -EINVAL).
+//
+//lint:ignore ST1005 the kernel's own message, as it logs it
 var errRestore = errors.New("Failed to restore the measurement list")
 
 // restore is ima_restore_measurement_list (spec §10.6), called with k.mu held by boot. It

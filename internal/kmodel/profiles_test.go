@@ -165,7 +165,6 @@ func TestCarryOverShapes(t *testing.T) {
 		}
 		mustNotReplay(t, env, boot2, "boot 2 alone")
 		mustReplay(t, env, append(boot1, boot2...), "boot 1 + boot 2")
-		boot2 = list(t, env)
 		k.KexecLoad([]byte("k"), []byte("i"), "")
 		boot2 = list(t, env)
 		k.KexecExecute()

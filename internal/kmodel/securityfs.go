@@ -66,14 +66,18 @@ func (k *Kernel) Files() []FileSpec {
 			if staged {
 				suffix = "_staged"
 			}
+			name := func(b string) string { return b + suffix }
+			if staged && k.cfg.StagingRFCv1 {
+				name = func(b string) string { return "staged_" + b } // RFC v1: …_staged_<algo>
+			}
 			for _, b := range banks {
 				out = append(out,
-					FileSpec{Name: "ascii_runtime_measurements_" + b.Name + suffix, Kind: KindASCIIList, Bank: b, Staged: staged, Mode: listMode},
-					FileSpec{Name: "binary_runtime_measurements_" + b.Name + suffix, Kind: KindBinaryList, Bank: b, Staged: staged, Mode: listMode})
+					FileSpec{Name: "ascii_runtime_measurements_" + name(b.Name), Kind: KindASCIIList, Bank: b, Staged: staged, Mode: listMode},
+					FileSpec{Name: "binary_runtime_measurements_" + name(b.Name), Kind: KindBinaryList, Bank: b, Staged: staged, Mode: listMode})
 			}
 			out = append(out,
-				FileSpec{Name: "binary_runtime_measurements" + suffix, Kind: KindSymlink, Target: "binary_runtime_measurements_sha1" + suffix, Mode: 0o777},
-				FileSpec{Name: "ascii_runtime_measurements" + suffix, Kind: KindSymlink, Target: "ascii_runtime_measurements_sha1" + suffix, Mode: 0o777})
+				FileSpec{Name: "binary_runtime_measurements" + suffix, Kind: KindSymlink, Target: "binary_runtime_measurements_" + name("sha1"), Mode: 0o777},
+				FileSpec{Name: "ascii_runtime_measurements" + suffix, Kind: KindSymlink, Target: "ascii_runtime_measurements_" + name("sha1"), Mode: 0o777})
 		}
 	}
 	if k.feat.TrimLog {
@@ -236,6 +240,9 @@ func (h *Handle) Read(p []byte, off int64) (int, error) {
 		return simpleRead(p, off, strconv.FormatInt(k.violations, 10)+"\n"), nil
 	case KindTrimLog:
 		return simpleRead(p, off, strconv.FormatInt(k.trimTotal, 10)+"\n"), nil
+	}
+	if h.spec.Staged && k.cfg.StagingRFCv1 && len(k.staged) == 0 {
+		return 0, syscall.ENOENT // RFC v1: nothing staged
 	}
 	if off != h.off {
 		h.pos, h.pending, h.off = 0, nil, 0

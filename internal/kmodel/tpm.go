@@ -1,7 +1,6 @@
 package kmodel
 
 import (
-	"crypto"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -210,12 +209,4 @@ func ResetCount(t transport.TPM) (uint32, error) {
 		return 0, fmt.Errorf("ReadClock: %w", err)
 	}
 	return rsp.CurrentTime.ClockInfo.ResetCount, nil
-}
-
-// softExtend returns H(old ‖ v).
-func softExtend(h crypto.Hash, old, v []byte) []byte {
-	w := h.New()
-	w.Write(old)
-	w.Write(v)
-	return w.Sum(nil)
 }

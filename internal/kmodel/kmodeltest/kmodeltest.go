@@ -5,6 +5,7 @@ package kmodeltest
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -26,6 +27,10 @@ type Env struct {
 	TPMSocket string
 	// TPM is the same TPM in-process, safe for concurrent use.
 	TPM transport.TPM
+	// Proc plays /proc: the kernel rewrites sys/kernel/random/boot_id (new at every boot,
+	// kexec included), sys/kernel/osrelease, cmdline and sys/kernel/kexec_load_disabled
+	// at every boot (kmodel.Config.Proc).
+	Proc string
 }
 
 // RequireFUSE skips the test when /dev/fuse is missing, or fails it when the environment
@@ -58,17 +63,24 @@ func NewKernel(t testing.TB, cfg kmodel.Config) *kmodel.Kernel {
 	t.Helper()
 	k, err := kmodel.New(cfg)
 	if err != nil {
+		if strings.Contains(strings.ToLower(err.Error()), "cgo") {
+			missing(t, "TPM simulator: "+err.Error())
+		}
 		t.Fatalf("boot kernel model: %v", err)
 	}
 	t.Cleanup(func() { k.Close() })
 	return k
 }
 
-// Mount boots a model kernel, mounts its securityfs tree in a temporary directory and
-// serves its TPM on a unix socket; all of it is torn down when the test ends.
+// Mount boots a model kernel, mounts its securityfs tree in a temporary directory, keeps
+// its procfs files in another (unless cfg.Proc names one) and serves its TPM on a unix
+// socket; all of it is torn down when the test ends.
 func Mount(t testing.TB, cfg kmodel.Config) *Env {
 	t.Helper()
 	RequireFUSE(t)
+	if cfg.Proc == "" {
+		cfg.Proc = t.TempDir()
+	}
 	k := NewKernel(t, cfg)
 	// Unix socket paths are limited to 108 bytes; t.TempDir() can be longer.
 	sockDir, err := os.MkdirTemp("", "kmt")
@@ -95,5 +107,5 @@ func Mount(t testing.TB, cfg kmodel.Config) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ts.Close() })
-	return &Env{Kernel: k, Securityfs: mnt, IMADir: filepath.Join(mnt, "integrity", "ima"), TPMSocket: sock, TPM: k.TPM()}
+	return &Env{Kernel: k, Securityfs: mnt, IMADir: filepath.Join(mnt, "integrity", "ima"), TPMSocket: sock, TPM: k.TPM(), Proc: cfg.Proc}
 }

@@ -55,7 +55,9 @@ func Mount(dir string, k *kmodel.Kernel, o *Options) (*Server, error) {
 			DirectMount:   true,
 			DisableXAttrs: true,
 			Debug:         o.Debug,
-			MaxWrite:      1 << 17,
+			// MaxWrite also sets max_pages, the bound of every READ request: 1 MiB reads
+			// of the lists cost a fraction of the round trips of 128 KiB ones.
+			MaxWrite: 1 << 20,
 		},
 		EntryTimeout:    &zero,
 		AttrTimeout:     &zero,

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/imakexec/imakexec/handover"
+	"github.com/imakexec/imakexec/initramfs"
+)
+
+// rejoinCmd joins the running kernel's list to the chain, once per boot.
+type rejoinCmd struct {
+	store, proc, handoff, backend string
+	json                          bool
+}
+
+func init() { register(&rejoinCmd{}) }
+
+func (*rejoinCmd) Name() string { return "rejoin" }
+func (*rejoinCmd) Synopsis() string {
+	return "join this boot's IMA list to the stored chain and prove it against the TPM"
+}
+func (*rejoinCmd) Usage() string { return "[--store DIR] [--handoff DIR] [--json]" }
+
+func (c *rejoinCmd) SetFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.store, "store", handover.DefaultStoreDir, "handoff store directory")
+	fs.StringVar(&c.proc, "proc", handover.DefaultPaths().Proc, "procfs mount point")
+	fs.StringVar(&c.handoff, "handoff", "", "directory of the old kernel's handoff (the initramfs's /"+initramfs.HandoffDir+"); describes the kexec window")
+	fs.StringVar(&c.backend, "backend", "auto", "kernel interface for the drain that follows the join")
+	fs.BoolVar(&c.json, "json", false, "print the result as JSON")
+}
+
+func (c *rejoinCmd) Run(ctx context.Context, env *Env, args []string) error {
+	if len(args) != 0 {
+		return usageErrorf("rejoin takes no arguments")
+	}
+	var h *initramfs.Handoff
+	if c.handoff != "" {
+		var err error
+		if h, err = initramfs.ReadHandoff(c.handoff); err != nil && !errors.Is(err, initramfs.ErrNoHandoff) {
+			return notVerified(err)
+		}
+	}
+	t, err := handover.OpenTPM(env.Global.TPM)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	paths := handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}
+	res, err := handover.Rejoin(ctx, handover.RejoinOptions{Paths: paths, StoreDir: c.store, TPM: t,
+		Window: windowFromHandoff(h, readCmdline(c.proc)), Backend: c.backend})
+	if c.json {
+		out := map[string]any{"joined": err == nil}
+		if res != nil {
+			out["boot_id"], out["generation"], out["description"] = res.BootID, res.Generation, res.Description
+			out["archived"], out["new_chain"], out["already_joined"] = res.Archived, res.NewChain, res.AlreadyJoined
+			if res.Join != nil {
+				out["join"] = res.Join
+			}
+			if res.Verify != nil {
+				out["verify"] = verifyJSON(res.Verify)
+			}
+		}
+		if err != nil {
+			out["error"] = err.Error()
+		}
+		if jerr := writeJSON(env.Stdout, out); jerr != nil {
+			return jerr
+		}
+	} else if res != nil {
+		if res.Archived != "" {
+			fmt.Fprintf(env.Stdout, "cold boot: the store of another TPM power cycle was archived as %s\n", res.Archived)
+		}
+		fmt.Fprintf(env.Stdout, "boot %s generation %d: %s\n", res.BootID, res.Generation, res.Description)
+		if res.Verify != nil {
+			printVerify(env, res.Verify)
+		}
+	}
+	if err != nil {
+		return rejoinExit(err)
+	}
+	return nil
+}
+
+// rejoinExit maps "does not verify" causes to exit 1.
+func rejoinExit(err error) error {
+	var je *handover.JoinError
+	if errors.As(err, &je) || errors.Is(err, handover.ErrNotVerified) || errors.Is(err, handover.ErrTampered) ||
+		errors.Is(err, handover.ErrStoreMismatch) || errors.Is(err, handover.ErrGap) {
+		return notVerified(err)
+	}
+	return err
+}

@@ -1,0 +1,315 @@
+package handover
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/google/go-tpm/tpm2/transport"
+	"golang.org/x/sys/unix"
+
+	"github.com/imakexec/imakexec/serialize"
+)
+
+// RejoinOptions configures Rejoin.
+type RejoinOptions struct {
+	Paths    Paths
+	StoreDir string
+	TPM      transport.TPM
+	// Window describes the kexec window (from the old kernel's handoff); nil when there is
+	// none, and then only records some list holds can join.
+	Window *WindowInputs
+	// Backend for the drain that follows the join (default auto).
+	Backend string
+	// Banks replayed when the store is created (DrainOptions.Banks).
+	Banks []serialize.Bank
+}
+
+// RejoinResult says how the running kernel's list was joined to the chain.
+type RejoinResult struct {
+	BootID     string
+	Generation int
+	// Archived is set when the store belonged to another TPM power cycle (a cold boot):
+	// it was archived and a new chain started.
+	Archived      string
+	AlreadyJoined bool   // this boot was joined (or drained) before
+	NewChain      bool   // the store was empty: the live list starts the chain
+	Join          *Join  // what was joined (nil for a new chain or an earlier join)
+	Description   string // human-readable join
+	Drain         *DrainResult
+	Verify        *VerifyResult
+	proof         *VerifyResult // the join's own proof, made under the store lock
+}
+
+// Rejoin joins the running kernel's list to the store's chain, once per boot, early: it
+// forms the candidate joins (the old kernel carried its held records or not, window
+// records carried or reconstructed from the handoff), keeps the one that replays to the
+// TPM's PCRs in every bank, records it, drains the new kernel's list into the store and
+// verifies the whole chain. A join that no candidate proves is a *JoinError and nothing
+// is written.
+func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
+	if o.TPM == nil {
+		return nil, fmt.Errorf("%w: rejoin proves the join against the TPM", ErrNoTPM)
+	}
+	if o.StoreDir == "" {
+		o.StoreDir = DefaultStoreDir
+	}
+	ki, err := ReadKernelInfo(o.Paths)
+	if err != nil {
+		return nil, err
+	}
+	k, err := ProbeKernel(o.Paths)
+	if err != nil {
+		return nil, err
+	}
+	res := &RejoinResult{BootID: ki.BootID}
+	if err := rejoinLocked(ctx, o, ki, k, res); err != nil {
+		return res, err
+	}
+	// Store the new kernel's own records (and finish anything a crash left).
+	dr, err := Drain(ctx, DrainOptions{Paths: o.Paths, StoreDir: o.StoreDir, Backend: o.Backend, TPM: o.TPM, Banks: o.Banks})
+	if err != nil {
+		return res, fmt.Errorf("drain after the join: %w", err)
+	}
+	res.Drain = dr
+	res.Generation = dr.Generation
+	if dr.Archived != "" && res.Archived == "" {
+		res.Archived = dr.Archived
+	}
+	v := res.proof
+	if v == nil {
+		// A new chain or an earlier join: prove the whole chain now.
+		if v, err = Verify(ctx, VerifyOptions{Paths: o.Paths, StoreDir: o.StoreDir, TPM: o.TPM, Window: o.Window}); err != nil {
+			return res, err
+		}
+	}
+	res.Verify = v
+	if !v.Verified {
+		return res, fmt.Errorf("%w: %w", ErrNotVerified, v.Err)
+	}
+	return res, nil
+}
+
+func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel, res *RejoinResult) error {
+	s := &Store{dir: o.StoreDir}
+	if err := s.Lock(ctx); err != nil {
+		return err
+	}
+	defer s.Unlock()
+	reset, restart, err := ReadClock(o.TPM)
+	if err != nil {
+		return err
+	}
+	clock := TPMBinding{ResetCount: reset, RestartCount: restart}
+	if h := s.Header(); h != nil && h.TPM.ResetCount != reset {
+		dst, err := s.Archive(fmt.Sprintf("tpm-reset-%d", h.TPM.ResetCount))
+		if err != nil {
+			return fmt.Errorf("archive store of TPM resetCount %d: %w", h.TPM.ResetCount, err)
+		}
+		res.Archived = dst
+	}
+	if !s.Exists() {
+		res.NewChain = true
+		res.Description = "new chain: the store was empty, the running kernel's list starts it"
+		return nil
+	}
+	if bs := s.Boot(ki.BootID); bs != nil {
+		res.AlreadyJoined = true
+		res.Generation = bs.Generation
+		res.Description = "this boot was joined before"
+		return nil
+	}
+	banks, err := storeBanks(s, o.TPM, k)
+	if err != nil {
+		return err
+	}
+	expected, err := ReadPCRs(o.TPM, banks, allPCRs())
+	if err != nil {
+		return err
+	}
+	obs := &observer{tpm: expected}
+	r, err := walkChain(s, banks, obs)
+	if err != nil {
+		return err
+	}
+	if obs.bootAggErr != nil {
+		return fmt.Errorf("%w: %w", ErrNotVerified, obs.bootAggErr)
+	}
+	scheme, _ := serialize.ParseScheme(ki.Scheme())
+	live, _, err := readLive(ctx, k, 0)
+	if err != nil {
+		return err
+	}
+	chainState := r.State()
+	plan, err := planJoin(s, live, chainState, obs.pcrs, expected, banks, scheme, o.Window)
+	if err != nil {
+		return err
+	}
+	// The join was proven by replaying the whole chain, the window records and the live
+	// list against the TPM: that is the verification; check its boot_aggregates too.
+	joined := append(append(append([]serialize.Record{}, plan.windowCarried...), plan.reconstructed.recs...), live[plan.carried:]...)
+	for i := range joined[:len(joined)-plan.extra] {
+		obs.see(plan.chainLen+uint64(i), &joined[i])
+	}
+	if obs.bootAggErr != nil {
+		return fmt.Errorf("%w: %w", ErrNotVerified, obs.bootAggErr)
+	}
+	res.proof = &VerifyResult{Verified: true, Records: uint64(plan.verified.Records), Stored: plan.chainLen,
+		Live: plan.verified.Records - int(plan.chainLen), Extra: plan.extra, PCRs: plan.verified.PCRs, Expected: expected,
+		Banks: banks, Boundaries: obs.boundaries, Warnings: obs.gaps()}
+	gen := plan.prev.Generation + 1
+	j := &Join{
+		BootID: ki.BootID, Generation: gen, PrevBootID: plan.prev.BootID,
+		KernelCarried: plan.carried, Duplicated: plan.dup, Reconstructed: uint64(len(plan.reconstructed.recs)),
+		BootAggregateSeq: plan.bootAggSeq, Candidate: plan.describe(), Candidates: plan.candidates,
+		PCRs: pcrsJSON(restrict(expected, obs.pcrs, banks)),
+	}
+	res.Join, res.Description, res.Generation = j, j.Candidate, gen
+
+	w := &segmentWriter{s: s, banks: banks, clock: clock}
+	newBoot := BootInfo{BootID: ki.BootID, Generation: gen, KernelRelease: ki.Release}
+	meta := Segment{Backend: "rejoin", IMAHash: ki.IMAHash(), KernelBanks: k.Banks, Scheme: ki.Scheme(),
+		ByteOrder: "little", FlushHtable: ki.FlushHtable(), TPM: clock}
+	chainEnd := s.Records()
+	newState := ""
+	if plan.dup > 0 {
+		sg := meta
+		sg.Source, sg.Boot, sg.FirstSeq = SourceDuplicate, newBoot, chainEnd
+		ref := plan.dupRef
+		sg.Duplicates = &ref
+		out, err := w.write(sg, live[:plan.dup], "", nil, chainState)
+		if err != nil {
+			return err
+		}
+		newState = out.BootHash
+	}
+	if len(plan.windowCarried) > 0 {
+		sg := meta
+		sg.Source, sg.Boot, sg.FirstSeq = SourceCarried, newBoot, chainEnd
+		sg.Boot.FirstIndex = plan.dup
+		out, err := w.write(sg, plan.windowCarried, newState, r, nil)
+		if err != nil {
+			return err
+		}
+		chainEnd = out.End()
+	}
+	if len(plan.reconstructed.recs) > 0 {
+		// Rebuilt records belong to the old kernel, after what it stored.
+		old := lastSegmentOf(s, plan.prev.BootID)
+		sg := meta
+		if old != nil {
+			sg.IMAHash, sg.KernelBanks, sg.Scheme, sg.FlushHtable = old.IMAHash, old.KernelBanks, old.Scheme, old.FlushHtable
+		}
+		sg.Source, sg.FirstSeq = SourceReconstructed, chainEnd
+		sg.Boot = BootInfo{BootID: plan.prev.BootID, Generation: plan.prev.Generation, KernelRelease: plan.prev.KernelRelease, FirstIndex: plan.prev.Stored}
+		sg.Reconstructed = plan.reconstructed.desc
+		start := ""
+		if old != nil {
+			start = old.BootHash
+		}
+		if _, err := w.write(sg, plan.reconstructed.recs, start, r, nil); err != nil {
+			return err
+		}
+	}
+	return s.appendEntries([]Entry{{Type: EntryJoin, Join: j}}, nil)
+}
+
+// lastSegmentOf is the boot's segment that ends last in its list.
+func lastSegmentOf(s *Store, bootID string) *Segment {
+	var out *Segment
+	for _, sg := range s.Segments() {
+		if sg.Boot.BootID == bootID && (out == nil || sg.Boot.FirstIndex+sg.Count >= out.Boot.FirstIndex+out.Count) {
+			c := sg
+			out = &c
+		}
+	}
+	return out
+}
+
+// segmentWriter writes small segments built in memory (rejoin's): file, fsync, rename,
+// read back, manifest entry.
+type segmentWriter struct {
+	s     *Store
+	banks []serialize.Bank
+	clock TPMBinding
+}
+
+// write stores recs as a segment with the given metadata. bootStart is the boot hash state
+// before recs; r (in-chain segments) replays them, dupPCRs is recorded for duplicates.
+func (w *segmentWriter) write(sg Segment, recs []serialize.Record, bootStart string, r *serialize.Replayer, dupPCRs serialize.PCRValues) (*Segment, error) {
+	s := w.s
+	sg.Number = len(s.Segments()) + 1
+	sg.File = segmentName(sg.Number)
+	sg.Count = uint64(len(recs))
+	bh, err := newBootHasher(bootStart)
+	if err != nil {
+		return nil, err
+	}
+	dg := serialize.NewDigester()
+	body := make([]byte, 0, 4096)
+	for i := range recs {
+		start := len(body)
+		if body, err = serialize.AppendKexecRecord(body, &recs[i], dg, storeOrder); err != nil {
+			return nil, err
+		}
+		bh.h.Write(body[start:])
+		if r != nil {
+			if err := r.Add(&recs[i]); err != nil {
+				return nil, fmt.Errorf("replay record %d of the %s segment: %w", i, sg.Source, err)
+			}
+		}
+	}
+	data := serialize.AppendKexecHeader(nil, serialize.KexecHeader{Version: serialize.KexecVersion, BufferSize: uint64(serialize.KexecHeaderSize + len(body)), Count: sg.Count}, storeOrder)
+	data = append(data, body...)
+	sg.Size = int64(len(data))
+	sum := sha256.Sum256(data)
+	sg.SHA256 = hex.EncodeToString(sum[:])
+	sg.BootHash, sg.BootSum = bh.state(), bh.sum()
+	if r != nil {
+		sg.PCRs = pcrsJSON(r.State())
+	} else {
+		sg.PCRs = pcrsJSON(dupPCRs)
+	}
+	final := filepath.Join(s.dir, sg.File)
+	tmp := filepath.Join(s.dir, segmentsDir, "."+filepath.Base(sg.File)+".tmp")
+	_ = os.Remove(tmp)
+	f, err := openNoFollow(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, fileMode)
+	if err != nil {
+		return nil, fmt.Errorf("store: create segment: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("store: write segment: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("store: fsync segment: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return nil, fmt.Errorf("store: close segment: %w", err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return nil, fmt.Errorf("store: rename segment: %w", err)
+	}
+	if err := syncDir(filepath.Join(s.dir, segmentsDir)); err != nil {
+		return nil, err
+	}
+	back, err := os.ReadFile(final)
+	if err != nil || !bytes.Equal(back, data) {
+		os.Remove(final)
+		return nil, fmt.Errorf("store: read back segment %s: %w", sg.File, errors.Join(err, errors.New("content differs from what was written")))
+	}
+	if err := s.appendEntries([]Entry{{Type: EntrySegment, Segment: &sg}}, nil); err != nil {
+		return nil, err
+	}
+	return &sg, nil
+}
