@@ -27,18 +27,16 @@ test-unit:
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./serialize/...
+	$(GO) test -run '^$$' -bench 'Drain|RejoinVerify|Verify' -benchtime 3x ./handover/...
 	$(GO) run ./internal/cmd/benchcmp -imakexec $(BIN) -dir out/bench
 
 lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
+# The Debian-kernel scenario with two kexecs in QEMU + swtpm, and a readable report.
 demo: deps build
-	@echo "make demo: the QEMU scenario lands with the end-to-end issue; meanwhile:"
-	$(BIN) replay --pcrs sha1,serialize/testdata/vm/kexec-debian/after/pcrs-sha1.txt \
-		--pcrs sha256,serialize/testdata/vm/kexec-debian/after/pcrs-sha256.txt \
-		serialize/testdata/vm/kexec-debian/before/binary_runtime_measurements \
-		serialize/testdata/vm/kexec-debian/after/binary_runtime_measurements
+	$(GO) run ./testvm/cmd/demo
 
 clean:
 	rm -rf bin out

@@ -28,6 +28,10 @@
 // IMAKEXEC_VM_TIMEOUT (Machine); IMAKEXEC_VM_CONSOLE (Boot streams the
 // console to t.Logf); CI (Require fails instead of skipping).
 //
+// The end-to-end scenarios (real imakexec in the guest: hook, drain, initramfs, kexec,
+// rejoin, verify, export) are in package testvm/e2e, with the guest agent
+// testvm/guest/kexecagent and its config testvm/agentconf; testvm/cmd/demo is make demo.
+//
 // Only one VM should run at a time on a small machine: each TCG VM keeps a
 // core busy. Boot does not serialize VMs; do not mark VM tests t.Parallel.
 package testvm

@@ -50,6 +50,11 @@ type Machine struct {
 	Timeout time.Duration
 	// NoTPM leaves out the swtpm TPM.
 	NoTPM bool
+	// TPMStateDir keeps the TPM state outside Dir. If it already holds swtpm
+	// state (an earlier VM's), that TPM is started again without swtpm_setup:
+	// the next VM is a cold boot of the same machine (resetCount goes up), not
+	// a new TPM. Default: Dir/tpm, always fresh.
+	TPMStateDir string
 	// ExtraArgs are appended to the QEMU command line.
 	ExtraArgs []string
 	// ConsoleLine, if set, is called with every console line as it arrives
@@ -68,6 +73,27 @@ type Result struct {
 	Stream *frame.Stream
 	// Elapsed is the QEMU wall time.
 	Elapsed time.Duration
+	// Lines are the console lines with the time each arrived on the host, counted
+	// from QEMU's start (for phase timings across a kexec, where the guest clock
+	// restarts).
+	Lines []ConsoleLine
+}
+
+// ConsoleLine is one console line and when the host received it.
+type ConsoleLine struct {
+	At   time.Duration
+	Text string
+}
+
+// FirstLine returns the first console line at or after index from that contains
+// substr, and its index; -1 if there is none.
+func (r *Result) FirstLine(from int, substr string) (ConsoleLine, int) {
+	for i := max(from, 0); i < len(r.Lines); i++ {
+		if strings.Contains(r.Lines[i].Text, substr) {
+			return r.Lines[i], i
+		}
+	}
+	return ConsoleLine{}, -1
 }
 
 // CommandLine returns Args quoted for a shell, for reproducing a run.
@@ -160,7 +186,11 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 
 	var tpm *TPM
 	if !m.NoTPM {
-		if tpm, err = StartTPM(ctx, filepath.Join(m.Dir, "tpm")); err != nil {
+		stateDir := m.TPMStateDir
+		if stateDir == "" {
+			stateDir = filepath.Join(m.Dir, "tpm")
+		}
+		if tpm, err = StartTPM(ctx, stateDir); err != nil {
 			return res, fmt.Errorf("run vm: %w", err)
 		}
 		defer tpm.Close()
@@ -175,7 +205,8 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 	}
 	defer cf.Close()
 	var console bytes.Buffer
-	lw := &lineWriter{fn: m.ConsoleLine}
+	start := time.Now()
+	lw := &lineWriter{fn: m.ConsoleLine, start: start}
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, res.Args[0], res.Args[1:]...)
 	cmd.Stdin = nil // /dev/null: the guest gets no console input
@@ -183,10 +214,10 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 5 * time.Second
 
-	start := time.Now()
 	runErr := cmd.Run()
 	res.Elapsed = time.Since(start)
 	lw.flush()
+	res.Lines = lw.lines
 	res.Console = console.Bytes()
 	if stderr.Len() > 0 {
 		res.Console = append(res.Console, "\n--- qemu stderr ---\n"...)
@@ -215,15 +246,14 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 
 // lineWriter calls fn for every complete line written to it.
 type lineWriter struct {
-	mu  sync.Mutex
-	fn  func(string)
-	buf []byte
+	mu    sync.Mutex
+	fn    func(string)
+	buf   []byte
+	start time.Time
+	lines []ConsoleLine
 }
 
 func (w *lineWriter) Write(p []byte) (int, error) {
-	if w.fn == nil {
-		return len(p), nil
-	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.buf = append(w.buf, p...)
@@ -232,14 +262,23 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		if i < 0 {
 			return len(p), nil
 		}
-		w.fn(strings.TrimRight(string(w.buf[:i]), "\r"))
+		w.line(strings.TrimRight(string(w.buf[:i]), "\r"))
 		w.buf = w.buf[i+1:]
 	}
 }
 
+func (w *lineWriter) line(text string) {
+	w.lines = append(w.lines, ConsoleLine{At: time.Since(w.start), Text: text})
+	if w.fn != nil {
+		w.fn(text)
+	}
+}
+
 func (w *lineWriter) flush() {
-	if w.fn != nil && len(w.buf) > 0 {
-		w.fn(strings.TrimRight(string(w.buf), "\r"))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		w.line(strings.TrimRight(string(w.buf), "\r"))
 		w.buf = nil
 	}
 }

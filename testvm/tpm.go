@@ -26,7 +26,9 @@ type TPM struct {
 }
 
 // StartTPM creates TPM state in stateDir with the sha1 and sha256 PCR banks
-// allocated (swtpm_setup) and starts "swtpm socket" on a control socket.
+// allocated (swtpm_setup) and starts "swtpm socket" on a control socket. If
+// stateDir already holds swtpm state (tpm2-00.permall), that TPM is started
+// again as it is: a power cycle of the same TPM.
 // swtpm exits when QEMU disconnects (--terminate); Close stops it in any
 // case. Logs go to stateDir/swtpm_setup.log and stateDir/swtpm.log.
 func StartTPM(ctx context.Context, stateDir string) (*TPM, error) {
@@ -34,11 +36,13 @@ func StartTPM(ctx context.Context, stateDir string) (*TPM, error) {
 		return nil, fmt.Errorf("start tpm: %w", err)
 	}
 	setupLog := filepath.Join(stateDir, "swtpm_setup.log")
-	setup := exec.CommandContext(ctx, "swtpm_setup", "--tpm2", "--tpmstate", stateDir,
-		"--pcr-banks", "sha1,sha256", "--overwrite", "--logfile", setupLog)
-	if out, err := setup.CombinedOutput(); err != nil {
-		log, _ := os.ReadFile(setupLog)
-		return nil, fmt.Errorf("start tpm: swtpm_setup: %w: %s%s", err, out, log)
+	if !fileExists(filepath.Join(stateDir, "tpm2-00.permall")) {
+		setup := exec.CommandContext(ctx, "swtpm_setup", "--tpm2", "--tpmstate", stateDir,
+			"--pcr-banks", "sha1,sha256", "--overwrite", "--logfile", setupLog)
+		if out, err := setup.CombinedOutput(); err != nil {
+			log, _ := os.ReadFile(setupLog)
+			return nil, fmt.Errorf("start tpm: swtpm_setup: %w: %s%s", err, out, log)
+		}
 	}
 	// A unix socket path must fit in 108 bytes; t.TempDir() paths can be
 	// longer, so the socket gets a short directory of its own.

@@ -1,0 +1,77 @@
+// Package agentconf is the configuration the host gives the end-to-end guest agent
+// (testvm/guest/kexecagent) inside its initramfs. It is shared by both sides so the two
+// cannot disagree on a field name.
+package agentconf
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Path is where the config lives in the guest image.
+const Path = "/etc/testagent/config.json"
+
+// Hook modes: how the imakexec boot hook is started in the guest.
+const (
+	// HookUinit: /init is the agent (in the role of u-root's init) and /bin/uinit is
+	// imakexec; the agent runs the hook as a child, so it sees its verdict and exit code.
+	HookUinit = "uinit"
+	// HookInit: /init is imakexec itself (pid 1, `imakexec initramfs` without --init); it
+	// execs /bin/agent afterwards (--next). The verdict is only on the console.
+	HookInit = "init"
+)
+
+// Tamper modes: what the agent breaks in the unpacked handoff before the hook runs.
+const (
+	TamperNone    = ""
+	TamperSegment = "segment" // flip one byte of the first carried segment
+)
+
+// Config is one generation's instructions. The agent writes the next generation's config
+// (Generation+1) into the initramfs it hands to imakexec kexec.
+type Config struct {
+	Scenario   string `json:"scenario"`
+	Generation int    `json:"generation"` // 1 = the cold-booted kernel
+	Kexecs     int    `json:"kexecs"`     // kexecs in the whole run; generation Kexecs+1 is the last
+	HookMode   string `json:"hook_mode"`
+	Store      string `json:"store"`  // --store of hook, drain, kexec, verify
+	Policy     string `json:"policy"` // IMA policy written once per boot after the hook
+	Violations bool   `json:"violations"`
+	// LoadOnly: `imakexec kexec --load-only`, then the agent snapshots the list (with the
+	// kexec-window records) and calls reboot(KEXEC) itself.
+	LoadOnly bool   `json:"load_only"`
+	Tamper   string `json:"tamper,omitempty"`
+	// DrainFinal: drain in the last generation too (before verify).
+	DrainFinal bool `json:"drain_final"`
+}
+
+// Last reports whether this generation does not kexec any more.
+func (c *Config) Last() bool { return c.Generation > c.Kexecs }
+
+// Prefix is the blob name prefix of this generation's data ("gen2/").
+func (c *Config) Prefix() string { return fmt.Sprintf("gen%d/", c.Generation) }
+
+// Next returns the config of the next generation.
+func (c *Config) Next() *Config {
+	n := *c
+	n.Generation++
+	return &n
+}
+
+// Parse reads a config.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	if c.Generation < 1 || c.Store == "" || (c.HookMode != HookUinit && c.HookMode != HookInit) {
+		return nil, fmt.Errorf("agent config: incomplete: %s", b)
+	}
+	return &c, nil
+}
+
+// Marshal renders a config.
+func (c *Config) Marshal() []byte {
+	b, _ := json.MarshalIndent(c, "", "  ")
+	return append(b, '\n')
+}
