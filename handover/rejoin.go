@@ -159,8 +159,9 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 	if obs.bootAggErr != nil {
 		return fmt.Errorf("%w: %w", ErrNotVerified, obs.bootAggErr)
 	}
-	res.proof = &VerifyResult{Verified: true, Records: uint64(plan.verified.Records), Stored: plan.chainLen,
-		Live: plan.verified.Records - int(plan.chainLen), Extra: plan.extra, PCRs: plan.verified.PCRs, Expected: expected,
+	// The join's replayer started from the chain's state: it counts the joined records only.
+	res.proof = &VerifyResult{Verified: true, Records: plan.chainLen + uint64(plan.verified.Records), Stored: plan.chainLen,
+		Live: plan.verified.Records, Extra: plan.extra, PCRs: plan.verified.PCRs, Expected: expected,
 		Banks: banks, Boundaries: obs.boundaries, Warnings: obs.gaps()}
 	gen := plan.prev.Generation + 1
 	j := &Join{

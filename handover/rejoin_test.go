@@ -122,6 +122,10 @@ func runRejoinScenario(t *testing.T, sc rejoinScenario) {
 		if r.Join == nil || r.Generation != i {
 			t.Fatalf("kexec %d: join %+v generation %d", i, r.Join, r.Generation)
 		}
+		// The join's own proof counts the whole chain, as a later verify does.
+		if v := e.mustVerify(fmt.Sprintf("kexec %d", i)); r.Verify.Records > v.Records || r.Verify.Records < r.Verify.Stored || r.Verify.Live < 0 {
+			t.Fatalf("kexec %d: join proof counts %d records (%d stored, %d live), verify %d", i, r.Verify.Records, r.Verify.Stored, r.Verify.Live, v.Records)
+		}
 		// Who carried what, per profile.
 		switch {
 		case !carries(sc.profile):
