@@ -6,7 +6,7 @@ BIN       := bin/imakexec
 STATICCHECK_VERSION := v0.8.2
 export GOTOOLCHAIN := local
 
-.PHONY: all build deps test test-unit bench lint demo clean
+.PHONY: all build deps test test-unit bench fuzz lint demo clean
 
 all: build
 
@@ -29,6 +29,13 @@ bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./serialize/...
 	$(GO) test -run '^$$' -bench 'Drain|RejoinVerify|Verify' -benchtime 3x ./handover/...
 	$(GO) run ./internal/cmd/benchcmp -imakexec $(BIN) -dir out/bench
+
+# Each fuzzer for FUZZTIME (new inputs are minimized for at most a second).
+FUZZTIME ?= 30s
+fuzz:
+	for f in FuzzBinaryReader FuzzKexecReader FuzzASCIIReader FuzzTemplateFields; do \
+		$(GO) test ./serialize -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s || exit 1; done
+	$(GO) test ./initramfs -run '^$$' -fuzz '^FuzzWalk$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s
 
 lint:
 	$(GO) vet ./...

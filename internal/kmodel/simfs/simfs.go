@@ -55,9 +55,10 @@ func Mount(dir string, k *kmodel.Kernel, o *Options) (*Server, error) {
 			DirectMount:   true,
 			DisableXAttrs: true,
 			Debug:         o.Debug,
-			// MaxWrite also sets max_pages, the bound of every READ request: 1 MiB reads
-			// of the lists cost a fraction of the round trips of 128 KiB ones.
-			MaxWrite: 1 << 20,
+			// MaxWrite also sets max_pages, the bound of every READ request: ~1 MiB reads
+			// of the lists cost a fraction of the round trips of 128 KiB ones. A reply
+			// (data and header) must fit the 1 MiB pipe go-fuse splices through.
+			MaxWrite: 1<<20 - 8<<10,
 		},
 		EntryTimeout:    &zero,
 		AttrTimeout:     &zero,
