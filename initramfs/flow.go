@@ -15,6 +15,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -314,8 +315,10 @@ func RunKexec(ctx context.Context, o KexecOptions, steps Steps, kx Kexec) (*Kexe
 		rep.Warnings = append(rep.Warnings, "templates in use are unknown; rejoin will try the built-in ones")
 	}
 
-	// 2. Read every input.
-	kern, kf, err := readKernel(o)
+	// 2. Read every input. The kernel and the initrd are hashed only in the algorithms the
+	// kexec-window records can hold: ima_hash, and SHA1 for a template with the d field.
+	algos := windowAlgos(algo, st.Templates)
+	kern, kf, err := readKernel(o, algos)
 	if err != nil {
 		return rep, err
 	}
@@ -327,7 +330,7 @@ func RunKexec(ctx context.Context, o KexecOptions, steps Steps, kx Kexec) (*Kexe
 			"use a template without modsig for KEXEC_KERNEL_CHECK, or --force", true)
 	}
 
-	hashes := newWindowHashers(algo, st.Templates)
+	hashes := newWindowHashers(algos)
 	var memfd *os.File
 	if !o.DryRun {
 		memfd, err = createMemfd()
@@ -390,6 +393,7 @@ func RunKexec(ctx context.Context, o KexecOptions, steps Steps, kx Kexec) (*Kexe
 	if err != nil {
 		return rep, fmt.Errorf("drain: %w", err)
 	}
+	o.Trace("archive")
 	h.Drain = DrainInfo{Records: dr.Records, KernelCarries: dr.KernelCarries, Backend: dr.Backend}
 	rep.Drained = &h.Drain
 	files, reads, err := storeAfterDrain(o, snapshot, dr, algo)
@@ -435,6 +439,7 @@ func RunKexec(ctx context.Context, o KexecOptions, steps Steps, kx Kexec) (*Kexe
 	if err := kx.FileLoad(int(kf.Fd()), int(memfd.Fd()), cmdline); err != nil {
 		return rep, err
 	}
+	o.Trace("loaded")
 	rep.Loaded = true
 	if o.LoadOnly {
 		rep.Warnings = append(rep.Warnings, "loaded only: records measured between now and the jump are carried only by a 6.16+ kernel with CONFIG_IMA_KEXEC; jump soon (systemctl kexec)")
@@ -488,8 +493,37 @@ func templatesUse(templates []string, field string) bool {
 	return false
 }
 
-// readKernel opens the kernel image (kept open for kexec_file_load) and hashes it.
-func readKernel(o KexecOptions) (KernelImage, InputFile, error) {
+// copyBufSize is the read size for the kernel and the initrd: few system calls, and the
+// hashes see large blocks.
+const copyBufSize = 1 << 20
+
+// windowAlgos returns the algorithms the kernel image and the initrd are hashed in: the
+// ima_hash algorithm (the digest of d-ng and of the window records, spec §5), plus sha1
+// when a template in use has the d field (the "ima" template; the kernel hashes again with
+// SHA1 for it), and sha256 when ima_hash is not one imakexec computes (the run is refused
+// unless forced; the digest is then informative only). A digest in any other algorithm is
+// in no record and only costs time: hashing the kernel in all four was most of imakexec
+// kexec's time under QEMU TCG.
+func windowAlgos(algo string, templates []string) []string {
+	var out []string
+	add := func(name string) {
+		if supportedIMAHash[name] != nil && !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	add(algo)
+	if templatesUse(templates, "d") {
+		add("sha1")
+	}
+	if len(out) == 0 {
+		add("sha256")
+	}
+	return out
+}
+
+// readKernel opens the kernel image (kept open for kexec_file_load) and hashes it in algos,
+// in one pass over the file.
+func readKernel(o KexecOptions, algos []string) (KernelImage, InputFile, error) {
 	o.Trace("open-kernel")
 	f, err := o.Open(o.Kernel)
 	if err != nil {
@@ -504,22 +538,27 @@ func readKernel(o KexecOptions) (KernelImage, InputFile, error) {
 		f.Close()
 		return KernelImage{}, nil, fmt.Errorf("kernel %s is %d bytes (limit %d)", o.Kernel, fi.Size(), maxKernelSize)
 	}
-	hs := map[string]hash.Hash{}
-	var ws []io.Writer
-	for name, nf := range supportedIMAHash {
-		hs[name] = nf()
-		ws = append(ws, hs[name])
+	hs := make([]hash.Hash, len(algos))
+	ws := make([]io.Writer, 0, len(algos)+1)
+	for i, name := range algos {
+		hs[i] = supportedIMAHash[name]()
+		ws = append(ws, hs[i])
 	}
 	tail := &tailWriter{max: len(modsigMagic)}
 	ws = append(ws, tail)
-	n, err := io.Copy(io.MultiWriter(ws...), io.LimitReader(f, maxKernelSize+1))
+	// io.LimitReader hides (*os.File).WriteTo, which would ignore the buffer.
+	n, err := io.CopyBuffer(io.MultiWriter(ws...), io.LimitReader(f, maxKernelSize+1), make([]byte, copyBufSize))
 	if err != nil {
 		f.Close()
 		return KernelImage{}, nil, fmt.Errorf("read kernel: %w", err)
 	}
-	k := KernelImage{Path: o.Kernel, Size: n, Digests: map[string]string{}, Mode: uint32(fi.Mode().Perm())}
-	for name, h := range hs {
-		k.Digests[name] = hex.EncodeToString(h.Sum(nil))
+	if n > maxKernelSize {
+		f.Close()
+		return KernelImage{}, nil, fmt.Errorf("kernel %s is larger than %d bytes", o.Kernel, maxKernelSize)
+	}
+	k := KernelImage{Path: o.Kernel, Size: n, Digests: make(map[string]string, len(algos)), Mode: uint32(fi.Mode().Perm())}
+	for i, name := range algos {
+		k.Digests[name] = hex.EncodeToString(hs[i].Sum(nil))
 	}
 	fd := int(f.Fd())
 	k.ResolvedPath, _ = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
@@ -548,40 +587,20 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// windowHashers hash the memfd content as it is written: the ima_hash algorithm, plus sha1
-// when the "ima" template (whose d field is always SHA1) is in use.
+// windowHashers hash the memfd content as it is written, in the window algorithms
+// (windowAlgos).
 type windowHashers struct {
 	names []string
 	hs    []hash.Hash
 	w     io.Writer
 }
 
-func newWindowHashers(algo string, templates []string) *windowHashers {
-	w := &windowHashers{}
-	add := func(name string) {
-		nf := supportedIMAHash[name]
-		if nf == nil {
-			return
-		}
-		for _, n := range w.names {
-			if n == name {
-				return
-			}
-		}
-		w.names = append(w.names, name)
-		w.hs = append(w.hs, nf())
-	}
-	add(algo)
-	for _, t := range templates {
-		if t == "ima" || t == "d|n" {
-			add("sha1")
-		}
-	}
-	if len(w.names) == 0 {
-		add("sha256")
-	}
-	ws := make([]io.Writer, len(w.hs))
-	for i, h := range w.hs {
+func newWindowHashers(algos []string) *windowHashers {
+	w := &windowHashers{names: algos}
+	ws := make([]io.Writer, len(algos))
+	for i, name := range algos {
+		h := supportedIMAHash[name]()
+		w.hs = append(w.hs, h)
 		ws[i] = h
 	}
 	w.w = io.MultiWriter(ws...)
@@ -624,8 +643,12 @@ func sealMemfd(f *os.File) error {
 	return nil
 }
 
-// readInitrd copies the base initrd into the memfd (or only hashes it in a dry run) and
-// checks that it carries no handoff already.
+// readInitrd copies the base initrd into the memfd (or only hashes it in a dry run) in one
+// pass that also hashes it, and checks that it carries no handoff already.
+//
+// The check reads the copy in the memfd (what is loaded), not the file again: headers
+// only for plain newc segments (Walk skips file data by offset), the decompressed stream
+// for gzip and zstd segments, whose names cannot be known otherwise.
 func readInitrd(o KexecOptions, memfd *os.File, hashes *windowHashers, refusals *[]Refusal, warnings *[]string) (int64, string, []string, error) {
 	o.Trace("open-initrd")
 	f, err := o.Open(o.Initrd)
@@ -637,18 +660,22 @@ func readInitrd(o KexecOptions, memfd *os.File, hashes *windowHashers, refusals 
 	if err != nil || !fi.Mode().IsRegular() {
 		return 0, "", nil, fmt.Errorf("initrd %s is not a regular file", o.Initrd)
 	}
+	if fi.Size() > maxInitrdSize {
+		return 0, "", nil, fmt.Errorf("initrd %s is %d bytes (limit %d)", o.Initrd, fi.Size(), int64(maxInitrdSize))
+	}
 	resolved, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
 	dst := io.Writer(hashes)
 	if memfd != nil {
 		dst = io.MultiWriter(memfd, hashes)
 	}
-	n, err := io.Copy(dst, io.LimitReader(f, maxInitrdSize+1))
+	n, err := io.CopyBuffer(dst, io.LimitReader(f, maxInitrdSize+1), make([]byte, copyBufSize))
 	if err != nil {
 		return 0, "", nil, fmt.Errorf("read initrd: %w", err)
 	}
 	if n > maxInitrdSize {
 		return 0, "", nil, fmt.Errorf("initrd %s is larger than %d bytes", o.Initrd, int64(maxInitrdSize))
 	}
+	o.Trace("check-initrd")
 	var ra io.ReaderAt = f
 	if memfd != nil {
 		ra = memfd

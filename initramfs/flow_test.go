@@ -479,6 +479,52 @@ func TestKexecIMAHashSources(t *testing.T) {
 	}
 }
 
+// TestKexecHashesWindowAlgorithmsOnly: the kernel and the initrd are hashed in the
+// algorithms a window record can hold (ima_hash; SHA1 only for a template with the d
+// field), and each digest is of the bytes the kernel got.
+func TestKexecHashesWindowAlgorithmsOnly(t *testing.T) {
+	cases := []struct {
+		name      string
+		imaHash   string
+		templates []string
+		want      string // algorithms, in order
+	}{
+		{"ima-ng", "sha256", []string{"ima-ng", "ima-buf"}, "[sha256]"},
+		{"templates unknown", "sha384", nil, "[sha384]"},
+		{"ima template", "sha256", []string{"ima", "ima-ng"}, "[sha256 sha1]"},
+		{"custom format with d", "sha512", []string{"d|n-ng"}, "[sha512 sha1]"},
+		{"ima with sha1", "sha1", []string{"ima"}, "[sha1]"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.steps.state.IMAHash, e.steps.state.Templates = c.imaHash, c.templates
+			rep, err := e.run(t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var algos, params []string
+			for _, a := range windowAlgos(c.imaHash, c.templates) {
+				algos = append(algos, a)
+				h := supportedIMAHash[a]()
+				h.Write(e.kx.kernel)
+				if got, want := rep.Kernel.Digests[a], hex.EncodeToString(h.Sum(nil)); got != want {
+					t.Errorf("kernel %s = %s, want %s", a, got, want)
+				}
+				h = supportedIMAHash[a]()
+				h.Write(e.kx.initrd)
+				params = append(params, a+":"+hex.EncodeToString(h.Sum(nil)))
+			}
+			if fmt.Sprint(algos) != c.want || len(rep.Kernel.Digests) != len(algos) {
+				t.Errorf("algorithms %v, kernel digests %v; want %s", algos, rep.Kernel.Digests, c.want)
+			}
+			if want := CmdlineParam + "=" + strings.Join(params, ","); !strings.HasSuffix(e.kx.cmdline, " "+want) {
+				t.Errorf("cmdline %q, want it to end with %q", e.kx.cmdline, want)
+			}
+		})
+	}
+}
+
 func TestKexecNoInitrd(t *testing.T) {
 	e := newEnv(t)
 	e.opts.Initrd = ""

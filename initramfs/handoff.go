@@ -89,7 +89,7 @@ type KernelImage struct {
 	Path         string            `json:"path"`          // as given
 	ResolvedPath string            `json:"resolved_path"` // readlink /proc/self/fd/N at open: the name IMA records
 	Size         int64             `json:"size"`
-	Digests      map[string]string `json:"digests"`             // algorithm -> hex, always sha1, sha256, sha384, sha512
+	Digests      map[string]string `json:"digests"`             // algorithm -> hex: ima_hash, and sha1 when a template has the d field
 	IMAXattr     string            `json:"ima_xattr,omitempty"` // security.ima value (hex), for ima-sig
 	EVMXattr     string            `json:"evm_xattr,omitempty"` // security.evm value (hex)
 	UID          uint32            `json:"uid"`

@@ -169,10 +169,14 @@ type WalkFunc func(e *Entry, data io.Reader) error
 // Compressed segments: gzip (single member) and zstd (one frame) are decoded; bzip2, lzma,
 // xz, lzo and lz4 are recognised and refused with ErrUnsupportedCompression, because the
 // end of such a segment cannot be found without decoding it exactly as the kernel does.
+// In plain segments, file data that fn leaves unread is skipped by offset, not read: a
+// walk for names costs the headers, not the size of the image.
 func Walk(r io.ReaderAt, size int64, lim Limits, fn WalkFunc) ([]SegmentInfo, error) {
 	lim = lim.withDefaults()
 	w := &walker{lim: lim, fn: fn, ra: r, size: size}
-	top := newStream(io.NewSectionReader(r, 0, size), size)
+	sr := io.NewSectionReader(r, 0, size)
+	top := newStream(sr, size)
+	top.seek = sr
 	return w.segs, w.top(top)
 }
 
@@ -191,6 +195,10 @@ type stream struct {
 	br  *bufio.Reader
 	pos int64
 	max int64 // total bytes the stream may hold
+	// seek, when set, is what br reads (from offset 0, the stream's position 0): discard
+	// then skips unbuffered bytes by offset instead of reading them, so that walking a
+	// plain archive reads its headers, not its file data.
+	seek io.ReadSeeker
 }
 
 func newStream(r io.Reader, max int64) *stream {
@@ -212,6 +220,14 @@ func (s *stream) ReadByte() (byte, error) {
 }
 
 func (s *stream) discard(n int64) error {
+	if b := int64(s.br.Buffered()); s.seek != nil && n > b && s.pos+n <= s.max {
+		if _, err := s.seek.Seek(s.pos+n, io.SeekStart); err != nil {
+			return err
+		}
+		s.br.Reset(s.seek)
+		s.pos += n
+		return nil
+	}
 	for n > 0 {
 		chunk := n
 		if chunk > 1<<30 {

@@ -353,3 +353,60 @@ func FuzzWalk(f *testing.F) {
 		}
 	})
 }
+
+// countingReaderAt counts the bytes read through it.
+type countingReaderAt struct {
+	r io.ReaderAt
+	n int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n += int64(n)
+	return n, err
+}
+
+// TestWalkSkipsPlainFileData: walking a plain archive reads its headers, not the data of
+// files the callback leaves unread (the handoff-in-initrd check of a large initrd), and
+// data the callback does read is still right.
+func TestWalkSkipsPlainFileData(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+	var img []byte
+	img = append(img, rec("boot", ModeDir|0o755, nil)...)
+	img = append(img, rec("boot/vmlinuz", ModeRegular|0o644, big)...)
+	img = append(img, rec("imakexec", ModeDir|0o700, nil)...)
+	img = append(img, trailer()...)
+	img = append(img, make([]byte, 8)...) // NUL padding before the next archive
+	img = append(img, rec("etc/big", ModeRegular|0o644, big)...)
+	img = append(img, trailer()...)
+
+	for _, readData := range []bool{false, true} {
+		c := &countingReaderAt{r: bytes.NewReader(img)}
+		var names []string
+		segs, err := Walk(c, int64(len(img)), Limits{}, func(e *Entry, data io.Reader) error {
+			names = append(names, e.Name)
+			if readData && e.Name == "etc/big" {
+				b, err := io.ReadAll(data)
+				if err != nil || !bytes.Equal(b, big) {
+					return fmt.Errorf("data of %s: %d bytes, %v", e.Name, len(b), err)
+				}
+			}
+			return nil
+		})
+		if err != nil || len(segs) != 2 || fmt.Sprint(names) != "[boot boot/vmlinuz imakexec etc/big]" {
+			t.Fatalf("readData=%v: %v %+v %q", readData, err, segs, names)
+		}
+		limit := int64(512 << 10)
+		if readData {
+			limit += int64(len(big))
+		}
+		if c.n > limit {
+			t.Errorf("readData=%v: read %d bytes of a %d-byte image (limit %d)", readData, c.n, len(img), limit)
+		}
+	}
+	// A file whose data runs past the end is still an error, not a skip.
+	trunc := img[:len(img)-len(trailer())-1000]
+	if _, err := Walk(bytes.NewReader(trunc), int64(len(trunc)), Limits{}, nil); !errors.Is(err, ErrLimit) && !errors.Is(err, ErrFormat) {
+		t.Errorf("truncated image: %v", err)
+	}
+}

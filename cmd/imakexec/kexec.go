@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/spf13/pflag"
@@ -25,6 +28,10 @@ type kexecCmd struct {
 }
 
 func init() { register(&kexecCmd{}) }
+
+// processStart is taken when the package is initialised, i.e. at process start; the
+// --verbose trace counts from it.
+var processStart = time.Now()
 
 func (*kexecCmd) Name() string { return "kexec" }
 func (*kexecCmd) Synopsis() string {
@@ -66,7 +73,11 @@ func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
 		Proc: c.proc,
 	}
 	if env.Global.Verbose {
-		o.Trace = func(ev string) { fmt.Fprintf(env.Stderr, "imakexec kexec: %s\n", ev) }
+		// Each phase with the milliseconds since the process started, so that a slow
+		// phase shows (the VM tests report them).
+		o.Trace = func(ev string) {
+			fmt.Fprintf(env.Stderr, "imakexec kexec: %s +%dms\n", ev, time.Since(processStart).Milliseconds())
+		}
 	}
 	rep, err := initramfs.RunKexec(ctx, o, steps, initramfs.SysKexec{})
 	if rep != nil && (rep.Kernel.Path != "" || len(rep.Refusals) > 0) {
@@ -93,7 +104,7 @@ func printKexecReport(env *Env, r *initramfs.KexecReport) {
 	default:
 		fmt.Fprintln(w, "not loaded:")
 	}
-	fmt.Fprintf(w, "  kernel   %s (%s, %d bytes, sha256:%s)\n", r.Kernel.Path, r.Kernel.ResolvedPath, r.Kernel.Size, r.Kernel.Digests["sha256"])
+	fmt.Fprintf(w, "  kernel   %s (%s, %d bytes, %s)\n", r.Kernel.Path, r.Kernel.ResolvedPath, r.Kernel.Size, digestList(r.Kernel.Digests))
 	if r.Handoff != nil && r.Handoff.Initrd.BasePath != "" {
 		fmt.Fprintf(w, "  initrd   %s (%d bytes, segments %s) + handoff archive\n", r.Handoff.Initrd.BasePath, r.Handoff.Initrd.BaseSize, strings.Join(r.Segments, ","))
 	} else {
@@ -120,6 +131,15 @@ func printKexecReport(env *Env, r *initramfs.KexecReport) {
 	for _, x := range r.Warnings {
 		fmt.Fprintf(w, "  warning  %s\n", x)
 	}
+}
+
+// digestList formats digests as "algo:hex, ..." in algorithm order.
+func digestList(m map[string]string) string {
+	var out []string
+	for _, a := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, a+":"+m[a])
+	}
+	return strings.Join(out, ", ")
 }
 
 // handoverSteps adapts package handover to initramfs.Steps. The TPM opened by Inspect is

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -11,19 +13,51 @@ import (
 	"github.com/imakexec/imakexec/testvm"
 )
 
-// RoundTrip is the timing of one kexec, from the host's console timestamps (the guest
-// clock restarts at the jump) and the guest-timed phases.
+// RoundTrip is the timing of one kexec. The round trip is timed on the host from the
+// console lines (the guest clock restarts at the jump); imakexec's phases are timed in the
+// guest (the --verbose trace of imakexec kexec gives each phase's milliseconds since the
+// process started; the agent times the hook and --load-only commands).
 type RoundTrip struct {
 	From, To int // generations
 	// Total: from the start of `imakexec kexec` to the end of the hook in the next kernel.
+	// With --load-only, the agent's snapshot between the load and the jump (test harness,
+	// not kexec) is left out.
 	Total time.Duration
-	// Prep: imakexec kexec before the kexec_file_load syscall (inspect, read and hash the
-	// kernel, copy the initrd into the memfd, last drain, handoff archive).
+	// Prep: imakexec kexec up to the kexec_file_load syscall, its start included (exec, Go
+	// runtime), and what it does after the syscall before the jump or exit.
 	Prep time.Duration
-	// Load: the kexec_file_load syscall (kernel work: signature check, IMA, copy).
+	// Load: the kexec_file_load syscall (kernel work: reading the image and the initrd,
+	// signature check, IMA measurement), 0 if unknown.
 	Load time.Duration
-	// Hook: the boot hook in the next kernel (copy store, rejoin), -1 if unknown.
+	// Hook: the boot hook in the next kernel (read the handoff, copy the store, rejoin and
+	// prove it against the TPM), -1 if unknown.
 	Hook time.Duration
+	// Phases of imakexec kexec, guest-timed, in order (see phaseLabels).
+	Phases []Phase
+}
+
+// Phase is one step of imakexec kexec.
+type Phase struct {
+	Name string // trace event that starts it
+	D    time.Duration
+}
+
+// phaseLabels name the phases by the trace event that starts them (initramfs.RunKexec).
+var phaseLabels = map[string]string{
+	"start":         "process start",
+	"inspect":       "inspect (TPM, store, list)",
+	"open-kernel":   "kernel open+hash",
+	"memfd":         "memfd",
+	"open-initrd":   "initrd copy+hash",
+	"check-initrd":  "initrd check",
+	"read-cmdline":  "cmdline",
+	"read-store":    "store read",
+	"drain":         "drain",
+	"archive":       "handoff archive",
+	"write-handoff": "append+seal+read back",
+	"load":          "kexec_file_load",
+	"loaded":        "after the load",
+	"sync":          "sync",
 }
 
 // Own is imakexec's own share: Prep + Hook (the load syscall is the kernel's).
@@ -35,6 +69,41 @@ type Timing struct {
 	Trips  []RoundTrip
 	Drain  time.Duration // periodic drains, all generations
 	Verify time.Duration
+}
+
+var traceEvent = regexp.MustCompile(`imakexec kexec: ([a-z-]+) \+(\d+)ms`)
+
+// tracePhases turns the trace events (name, ms since the process start) into phases,
+// from the process start to the load syscall. It also returns the syscall's duration
+// (load to loaded), 0 when unknown.
+func tracePhases(lines []string) ([]Phase, time.Duration) {
+	type ev struct {
+		name string
+		at   time.Duration
+	}
+	evs := []ev{{"start", 0}}
+	for _, l := range lines {
+		for _, m := range traceEvent.FindAllStringSubmatch(l, -1) {
+			ms, _ := strconv.Atoi(m[2])
+			evs = append(evs, ev{m[1], time.Duration(ms) * time.Millisecond})
+		}
+	}
+	var out []Phase
+	var load time.Duration
+	for i := 0; i+1 < len(evs); i++ {
+		d := evs[i+1].at - evs[i].at
+		if evs[i].name == "load" {
+			if evs[i+1].name == "loaded" {
+				load = d
+			}
+			break
+		}
+		out = append(out, Phase{evs[i].name, d})
+	}
+	if len(evs) == 1 {
+		return nil, 0
+	}
+	return out, load
 }
 
 // Timings reads the timings of a run. Round trips need the console lines; a trip whose
@@ -52,19 +121,10 @@ func Timings(r *Run) Timing {
 		if i < 0 {
 			break
 		}
-		rt := RoundTrip{From: k, To: k + 1, Hook: -1}
-		ins, i1 := res.FirstLine(i, "imakexec kexec: inspect")
-		ld, i2 := res.FirstLine(i, "imakexec kexec: load")
-		if lo := r.Gens[k-1].Times["kexec-load-only"]; lo > 0 {
-			// --load-only: the trace went to the agent; the whole command is guest-timed,
-			// the kexec_file_load syscall included (reported as Prep, Load 0).
-			rt.Prep = lo
-		} else if i1 >= 0 && i2 >= 0 {
-			rt.Prep = ld.At - ins.At
-			if sy, i3 := res.FirstLine(i2, "imakexec kexec: sync"); i3 >= 0 {
-				rt.Load = sy.At - ld.At
-			}
+		if b, ib := res.FirstLine(i, fmt.Sprintf("mark: kexec-begin gen=%d ", k)); ib >= 0 {
+			start, i = b, ib
 		}
+		rt := RoundTrip{From: k, To: k + 1, Hook: -1}
 		next := r.Gens[k]
 		var end testvm.ConsoleLine
 		var j int
@@ -82,21 +142,71 @@ func Timings(r *Run) Timing {
 		if j < 0 {
 			break
 		}
+		var trace []string
+		for _, l := range res.Lines[i:j] {
+			if strings.Contains(l.Text, "imakexec kexec: ") {
+				trace = append(trace, l.Text)
+			}
+		}
+		rt.Phases, rt.Load = tracePhases(trace)
 		rt.Total = end.At - start.At
+		if lo := r.Gens[k-1].Times["kexec-load-only"]; lo > 0 {
+			// --load-only: the whole command is guest-timed (the trace went to the agent);
+			// the round trip is the command plus the jump to the end of the hook.
+			rt.Prep = lo - rt.Load
+			if jm, ij := res.FirstLine(i, fmt.Sprintf("mark: kexec-jump gen=%d", k)); ij >= 0 && ij < j {
+				rt.Total = lo + end.At - jm.At
+			}
+		} else {
+			ld, i2 := res.FirstLine(i, "imakexec kexec: load ")
+			if i2 >= 0 && i2 < j {
+				// From the agent's mark before it starts imakexec: exec and runtime start
+				// are imakexec's too.
+				rt.Prep = ld.At - start.At
+			}
+		}
 		t.Trips = append(t.Trips, rt)
 		pos = j
 	}
 	return t
 }
 
+func pct(d, of time.Duration) float64 { return float64(d) / float64(of) * 100 }
+
+func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+
+// Lines returns the timing report, one item per line.
+func (t Timing) Lines() []string {
+	out := []string{fmt.Sprintf("wall time %v (QEMU start to power off), periodic drains %v, verify %v", ms(t.Wall), ms(t.Drain), ms(t.Verify))}
+	for _, rt := range t.Trips {
+		out = append(out, fmt.Sprintf("kexec %d->%d: round trip %v (imakexec kexec start -> end of the hook in the next kernel)", rt.From, rt.To, ms(rt.Total)))
+		out = append(out, fmt.Sprintf("  imakexec's own share %v = %.1f%% of the round trip without the kexec_file_load syscall; %v = %.1f%% with it",
+			ms(rt.Own()), pct(rt.Own(), rt.Total), ms(rt.Own()+rt.Load), pct(rt.Own()+rt.Load, rt.Total)))
+		var ph []string
+		for _, p := range rt.Phases {
+			label := phaseLabels[p.Name]
+			if label == "" {
+				label = p.Name
+			}
+			ph = append(ph, fmt.Sprintf("%s %v", label, p.D))
+		}
+		out = append(out, fmt.Sprintf("  imakexec kexec (own) %v: %s", ms(rt.Prep), strings.Join(ph, ", ")))
+		out = append(out, fmt.Sprintf("  kexec_file_load syscall (kernel) %v = %.1f%%", ms(rt.Load), pct(rt.Load, rt.Total)))
+		if rt.Hook >= 0 {
+			out = append(out, fmt.Sprintf("  hook in the next kernel (own: read handoff, copy store, rejoin proven against the TPM) %v", ms(rt.Hook)))
+		} else {
+			out = append(out, "  hook in the next kernel: not timed")
+		}
+		rest := rt.Total - rt.Own() - rt.Load
+		out = append(out, fmt.Sprintf("  rest (kernel: sync, jump, boot of the next kernel up to the hook) %v = %.1f%%", ms(rest), pct(rest, rt.Total)))
+	}
+	return out
+}
+
 // Log writes the timing report, one line per item.
 func (t Timing) Log(logf func(string, ...any)) {
-	logf("timing: wall %v, periodic drains %v, verify %v", t.Wall.Round(time.Millisecond), t.Drain, t.Verify)
-	for _, rt := range t.Trips {
-		share := float64(rt.Own()) / float64(rt.Total) * 100
-		withLoad := float64(rt.Own()+rt.Load) / float64(rt.Total) * 100
-		logf("timing: kexec %d->%d round trip %v: imakexec kexec before the syscall %v, kexec_file_load %v, hook %v; imakexec's own share %.1f%% (%.1f%% with the load syscall)",
-			rt.From, rt.To, rt.Total.Round(time.Millisecond), rt.Prep.Round(time.Millisecond), rt.Load.Round(time.Millisecond), rt.Hook, share, withLoad)
+	for _, l := range t.Lines() {
+		logf("timing: %s", l)
 	}
 }
 
@@ -164,10 +274,8 @@ func Report(w io.Writer, r *Run, j *Join, t Timing) {
 	} else {
 		fmt.Fprintf(w, "  imakexec verify: not in this build; the host replay above is the proof\n")
 	}
-	fmt.Fprintf(w, "  wall time %v\n", t.Wall.Round(time.Millisecond))
-	for _, rt := range t.Trips {
-		fmt.Fprintf(w, "  kexec %d->%d: %v round trip; imakexec %v before the load syscall, kexec_file_load %v, hook %v\n",
-			rt.From, rt.To, rt.Total.Round(time.Millisecond), rt.Prep.Round(time.Millisecond), rt.Load.Round(time.Millisecond), rt.Hook)
+	for _, l := range t.Lines() {
+		fmt.Fprintf(w, "  %s\n", l)
 	}
 }
 
