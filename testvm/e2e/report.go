@@ -269,7 +269,16 @@ func Report(w io.Writer, r *Run, j *Join, t Timing) {
 		if err != nil {
 			fmt.Fprintf(w, "  imakexec verify: %v\n", err)
 		} else {
-			fmt.Fprintf(w, "  imakexec verify (in the guest): verified=%v, %d records, PCR 10 %v %s\n", v.Verified, v.Records, v.PCRs["10"], v.Error)
+			fmt.Fprintf(w, "  imakexec verify (in the guest, at the end; its own store reads were measured too): verified=%v, %d records", v.Verified, v.Records)
+			for _, b := range []string{"sha1", "sha256"} {
+				if d, ok := v.PCRs["10"][b]; ok {
+					fmt.Fprintf(w, ", PCR 10 %s %s", b, d)
+				}
+			}
+			if v.Error != "" {
+				fmt.Fprintf(w, ", error: %s", v.Error)
+			}
+			fmt.Fprintln(w)
 		}
 	} else {
 		fmt.Fprintf(w, "  imakexec verify: not in this build; the host replay above is the proof\n")
