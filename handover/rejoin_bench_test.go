@@ -15,18 +15,7 @@ import (
 // kexec of a Debian 6.1 model whose store holds IMAKEXEC_BENCH_RECORDS records (default
 // 100,000). Reports records/s of the chain replayed.
 func BenchmarkRejoinVerify(b *testing.B) {
-	n := 100_000
-	if v, err := strconv.Atoi(os.Getenv("IMAKEXEC_BENCH_RECORDS")); err == nil && v > 0 {
-		n = v
-	}
-	e := newKenv(b, kmodel.Config{Profile: kmodel.ProfileDebian61})
-	if _, err := e.k.Synthetic(n); err != nil {
-		b.Fatal(err)
-	}
-	// The banks a 6.1 kernel computes (sha1, sha256), as on the QEMU runs.
-	if _, err := Rejoin(context.Background(), RejoinOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM(), Banks: []serialize.Bank{serialize.SHA1, serialize.SHA256}}); err != nil {
-		b.Fatal(err)
-	}
+	e, n := benchChain(b)
 	kernel := kmodel.File{Path: "/boot/vmlinuz-next", Content: []byte("k")}
 	initrd := kmodel.File{Path: "memfd:imakexec-initrd", Content: []byte("i")}
 	if _, err := e.k.KexecLoadFiles(kernel, initrd, "console=ttyS0"); err != nil {
@@ -74,4 +63,21 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+// benchChain is a Debian 6.1 model whose store holds IMAKEXEC_BENCH_RECORDS records
+// (default 100,000), replayed in the banks a 6.1 kernel computes (sha1, sha256).
+func benchChain(b *testing.B) (*kenv, int) {
+	n := 100_000
+	if v, err := strconv.Atoi(os.Getenv("IMAKEXEC_BENCH_RECORDS")); err == nil && v > 0 {
+		n = v
+	}
+	e := newKenv(b, kmodel.Config{Profile: kmodel.ProfileDebian61})
+	if _, err := e.k.Synthetic(n); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := Rejoin(context.Background(), RejoinOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM(), Banks: []serialize.Bank{serialize.SHA1, serialize.SHA256}}); err != nil {
+		b.Fatal(err)
+	}
+	return e, n
 }
