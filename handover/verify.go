@@ -165,6 +165,26 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	res.Extra = len(tail) - res.Live
 	res.Records = uint64(v.Records)
 	res.PCRs = restrict(v.PCRs, pcrs, res.Banks)
+	if res.Extra > 0 && o.TPM != nil && o.PCRs == nil {
+		// Records after the proven prefix were measured after the PCR read, or are not
+		// genuine (a record counted twice would also sit there). Read the PCRs again: if
+		// the whole list replays to them now, it is proven too.
+		if err := r.AddAll(ob); err != nil {
+			return nil, err
+		}
+		again, err := ReadPCRs(o.TPM, res.Banks, allPCRs())
+		if err != nil {
+			return nil, err
+		}
+		if _, err := r.Result().Verify(restrict(again, pcrs, res.Banks)); err == nil {
+			res.Live += res.Extra
+			res.Records += uint64(res.Extra)
+			res.Extra = 0
+			res.PCRs = restrict(r.State(), pcrs, res.Banks)
+		} else {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%d records after the proven prefix are not proven: measured after the PCR read (verify again), or not extended into the TPM", res.Extra))
+		}
+	}
 	res.Boundaries = obs.boundaries
 	res.Warnings = append(res.Warnings, obs.gaps()...)
 	if obs.bootAggErr != nil {
