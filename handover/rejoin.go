@@ -128,7 +128,7 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 	if err != nil {
 		return err
 	}
-	expected, err := ReadPCRs(o.TPM, banks, allPCRs())
+	expected, err := readExpected(o.TPM, banks, imaPCRs(s))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
 
 	"github.com/google/go-tpm/tpm2/transport"
 
@@ -95,7 +97,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 		if o.TPM == nil {
 			return nil, fmt.Errorf("%w: verify needs a TPM or PCR values", ErrNoTPM)
 		}
-		if expected, err = ReadPCRs(o.TPM, res.Banks, allPCRs()); err != nil {
+		if expected, err = readExpected(o.TPM, res.Banks, imaPCRs(s)); err != nil {
 			return nil, err
 		}
 	}
@@ -172,7 +174,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 		if err := r.AddAll(ob); err != nil {
 			return nil, err
 		}
-		again, err := ReadPCRs(o.TPM, res.Banks, allPCRs())
+		again, err := readExpected(o.TPM, res.Banks, imaPCRs(s))
 		if err != nil {
 			return nil, err
 		}
@@ -213,6 +215,53 @@ func storeBanks(s *Store, t transport.TPM, k *Kernel) ([]serialize.Bank, error) 
 		return []serialize.Bank{serialize.SHA1, serialize.SHA256}, nil
 	}
 	return defaultBanks(t, k)
+}
+
+// imaPCRs are the PCRs IMA extends: those the store's chain touched, and the default
+// CONFIG_IMA_MEASURE_PCR_IDX.
+func imaPCRs(s *Store) []uint32 {
+	set := map[uint32]bool{10: true}
+	if segs := s.ChainSegments(); len(segs) > 0 {
+		if v, err := decodePCRs(segs[len(segs)-1].PCRs); err == nil {
+			for p := range v {
+				set[p] = true
+			}
+		}
+	}
+	var out []uint32
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// readExpected reads PCRs 0-9 (for the boot_aggregates; they do not change while the
+// kernel runs) and then the IMA PCRs in as few TPM2_PCR_Read commands as the TPM allows
+// (8 digests each): one command for PCR 10 in up to eight banks. IMA extends every bank
+// of a record under one lock, so a single read of them is a consistent point of the
+// log; values spread over several commands could straddle a record (spec §6.4).
+func readExpected(t transport.TPM, banks []serialize.Bank, ima []uint32) (serialize.PCRValues, error) {
+	var base []uint32
+	for p := uint32(0); p < 10; p++ {
+		if !slices.Contains(ima, p) {
+			base = append(base, p)
+		}
+	}
+	out, err := ReadPCRs(t, banks, base)
+	if err != nil {
+		return nil, err
+	}
+	v, err := ReadPCRs(t, banks, ima)
+	if err != nil {
+		return nil, err
+	}
+	for p, m := range v {
+		for b, d := range m {
+			out.Set(p, b, d)
+		}
+	}
+	return out, nil
 }
 
 func allPCRs() []uint32 {
