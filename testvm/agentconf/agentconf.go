@@ -19,6 +19,10 @@ const (
 	// HookInit: /init is imakexec itself (pid 1, `imakexec initramfs` without --init); it
 	// execs /bin/agent afterwards (--next). The verdict is only on the console.
 	HookInit = "init"
+	// HookURoot: /init is the real u-root init (github.com/u-root/u-root/cmds/core/init),
+	// /bin/uinit is imakexec (`imakexec initramfs --init`), and the hook execs /bin/agent
+	// afterwards (--next). The verdict is only on the console.
+	HookURoot = "uroot"
 )
 
 // Tamper modes: what the agent breaks in the unpacked handoff before the hook runs.
@@ -64,7 +68,7 @@ func Parse(b []byte) (*Config, error) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
-	if c.Generation < 1 || c.Store == "" || (c.HookMode != HookUinit && c.HookMode != HookInit) {
+	if c.Generation < 1 || c.Store == "" || (c.HookMode != HookUinit && c.HookMode != HookInit && c.HookMode != HookURoot) {
 		return nil, fmt.Errorf("agent config: incomplete: %s", b)
 	}
 	return &c, nil

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -267,6 +268,63 @@ func TestVMDebianThreeGenerations(t *testing.T) {
 	pcrs, _ := e2e.ReadPCRs(run.Last().Blobs["final/pcrs-sha1.txt"], run.Last().Blobs["final/pcrs-sha256.txt"])
 	if ok, _ := e2e.Matches(live, pcrs); ok {
 		t.Error("the last boot's list alone replays to PCR 10; the Debian kernel should not carry it")
+	}
+	checkLeadCommands(t, run, j)
+}
+
+// TestVMURootInit: the image `imakexec initramfs --init` builds with the REAL u-root init
+// (github.com/u-root/u-root/cmds/core/init, built with go build) as /init: u-root's init
+// sets up the rootfs and runs imakexec as /bin/uinit; the hook rejoins, prints its verdict
+// on the console and execs the agent (--next). One kexec on the Debian kernel; the agent
+// builds the next image the same way (--init /init), so both boots go through u-root.
+func TestVMURootInit(t *testing.T) {
+	kernel := testvm.Require(t)
+	sc := scenario("uroot-init", kernel, 1)
+	sc.Config.HookMode = agentconf.HookURoot
+	run := execute(t, sc)
+	// u-root's init really ran, once per boot (its banner goes to the console).
+	var banners []int
+	for i, l := range run.Result.Lines {
+		if strings.Contains(l.Text, "Welcome to u-root!") {
+			banners = append(banners, i)
+		}
+	}
+	if len(banners) != len(run.Gens) {
+		t.Fatalf("u-root init banner %d times on the console, want %d (one per boot)", len(banners), len(run.Gens))
+	}
+	// The agent was exec'd by the hook, which u-root's init (pid 1) started as uinit.
+	agentMark := regexp.MustCompile(`^agent scenario=\S+ gen=(\d+) pid=(\d+) ppid=(\d+) `)
+	seen := 0
+	for _, m := range run.Result.Stream.Marks() {
+		if f := agentMark.FindStringSubmatch(m); f != nil {
+			seen++
+			if f[2] == "1" || f[3] != "1" {
+				t.Errorf("gen %s: agent pid %s, parent %s; want a child of u-root's init (pid 1)", f[1], f[2], f[3])
+			}
+		}
+	}
+	if seen != len(run.Gens) {
+		t.Errorf("%d agent start marks, want %d", seen, len(run.Gens))
+	}
+	// The hook's verdict after the kexec: the first "imakexec: " line after the second
+	// boot's banner.
+	line, i := run.Result.FirstLine(banners[1], "imakexec: ")
+	switch {
+	case i < 0:
+		t.Error("no hook verdict on the console after the kexec")
+	case !strings.Contains(line.Text, "imakexec: VERIFIED") || strings.Contains(line.Text, "no handoff"):
+		t.Errorf("hook after the kexec: %s", line.Text)
+	default:
+		t.Logf("hook (uinit of u-root's init) after the kexec, at %v: %s", line.At.Round(time.Millisecond), strings.TrimSpace(line.Text))
+	}
+	j := hostJoin(t, run)
+	for k, w := range j.Windows {
+		if len(w) == 0 && run.Commands["rejoin"] {
+			continue // rejoin stored the window records; the host had nothing to add
+		}
+		if !windowOK(w) {
+			t.Errorf("kexec %d: window %q", k+1, w)
+		}
 	}
 	checkLeadCommands(t, run, j)
 }

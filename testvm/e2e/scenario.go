@@ -66,7 +66,13 @@ type Scenario struct {
 type Binaries struct {
 	IMAKexec string // CGO_ENABLED=0 build of ./cmd/imakexec
 	Agent    string // testvm/guest/kexecagent
+	// URootInit is u-root's init (URootInitPkg), built on demand by BuildURootInit.
+	URootInit string
 }
+
+// URootInitPkg is the real u-root init. go.mod names it in a tool directive, so its
+// dependencies stay in go.sum and a plain go build resolves it in this module.
+const URootInitPkg = "github.com/u-root/u-root/cmds/core/init"
 
 var bins struct {
 	sync.Mutex
@@ -96,6 +102,26 @@ func BuildBinaries(ctx context.Context) (*Binaries, error) {
 		return nil, err
 	}
 	bins.dir, bins.b = dir, b
+	return b, nil
+}
+
+// BuildURootInit builds u-root's init for the guest (static, -trimpath, as the other
+// guest programs) next to the binaries of BuildBinaries, once per process.
+func BuildURootInit(ctx context.Context) (*Binaries, error) {
+	b, err := BuildBinaries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bins.Lock()
+	defer bins.Unlock()
+	if b.URootInit != "" {
+		return b, nil
+	}
+	out := filepath.Join(bins.dir, "uroot-init")
+	if err := testvm.GoBuild(ctx, URootInitPkg, out); err != nil {
+		return nil, err
+	}
+	b.URootInit = out
 	return b, nil
 }
 
@@ -133,6 +159,9 @@ func BuildImage(b *Binaries, sc *Scenario, out string) error {
 	if err := os.WriteFile(cfgFile, cfg.Marshal(), 0o644); err != nil {
 		return err
 	}
+	if cfg.HookMode == agentconf.HookURoot {
+		return buildURootImage(b, sc, cfgFile, out)
+	}
 	o := initramfs.BuildOptions{
 		Self:     b.IMAKexec,
 		Files:    append([]string{sc.Kernel + ":boot/vmlinuz", cfgFile + ":" + strings.TrimPrefix(agentconf.Path, "/")}, sc.Files...),
@@ -153,6 +182,26 @@ func BuildImage(b *Binaries, sc *Scenario, out string) error {
 		return fmt.Errorf("build initramfs: %w", err)
 	}
 	return f.Close()
+}
+
+// buildURootImage builds the first image with the imakexec command itself, as a user
+// would: `imakexec initramfs --init U-ROOT-INIT`, so u-root's init is /init and runs
+// imakexec as /bin/uinit, whose hook execs the agent (--next /bin/agent).
+func buildURootImage(b *Binaries, sc *Scenario, cfgFile, out string) error {
+	if b.URootInit == "" {
+		return fmt.Errorf("build image: u-root init not built (BuildURootInit)")
+	}
+	args := []string{"initramfs", "-o", out, "--self", b.IMAKexec, "--init", b.URootInit,
+		"--store", sc.Config.Store, "--next", "/bin/agent",
+		"--file", sc.Kernel + ":boot/vmlinuz", "--file", cfgFile + ":" + strings.TrimPrefix(agentconf.Path, "/"),
+		"--file", b.Agent + ":bin/agent"}
+	for _, f := range sc.Files {
+		args = append(args, "--file", f)
+	}
+	if _, err := runCapture(b.IMAKexec, args...); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	return nil
 }
 
 // Gen is what one generation (one kernel between kexecs) sent.
@@ -197,7 +246,11 @@ var (
 // and data logs and the TPM state. consoleLine may be nil. The returned Run is filled as
 // far as the VM got, also with an error.
 func Execute(ctx context.Context, sc *Scenario, dir string, consoleLine func(string)) (*Run, error) {
-	b, err := BuildBinaries(ctx)
+	build := BuildBinaries
+	if sc.Config.HookMode == agentconf.HookURoot {
+		build = BuildURootInit
+	}
+	b, err := build(ctx)
 	if err != nil {
 		return nil, err
 	}

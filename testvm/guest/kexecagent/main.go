@@ -6,7 +6,8 @@
 // the live IMA list, the PCRs read from sysfs, /proc/cmdline, timings) over ttyS1.
 //
 // It is the image's /init in the role of u-root's init with imakexec as /bin/uinit
-// (agentconf.HookUinit), or /bin/agent exec'd by imakexec as /init (agentconf.HookInit).
+// (agentconf.HookUinit), or /bin/agent exec'd by imakexec as /init (agentconf.HookInit) or
+// by imakexec as the real u-root init's /bin/uinit (agentconf.HookURoot).
 // Its instructions are in agentconf.Path; it writes the next generation's into the
 // initramfs it builds with `imakexec initramfs` for `imakexec kexec`.
 //
@@ -54,10 +55,13 @@ func main() {
 		g.Fatalf("%v", err)
 	}
 	a := &agent{g: g, cfg: cfg, imk: "/bin/uinit", me: "/init"}
-	if cfg.HookMode == agentconf.HookInit {
+	switch cfg.HookMode {
+	case agentconf.HookInit:
 		a.imk, a.me = "/init", "/bin/agent"
+	case agentconf.HookURoot:
+		a.me = "/bin/agent"
 	}
-	g.Mark("agent scenario=%s gen=%d pid=%d uptime=%.2f", cfg.Scenario, cfg.Generation, os.Getpid(), guestlib.Uptime())
+	g.Mark("agent scenario=%s gen=%d pid=%d ppid=%d uptime=%.2f", cfg.Scenario, cfg.Generation, os.Getpid(), os.Getppid(), guestlib.Uptime())
 	a.run()
 }
 
@@ -138,7 +142,7 @@ func (a *agent) run() {
 		a.g.Mark("hook gen=%d exit=%d", cfg.Generation, code)
 		a.timeMark("hook", d)
 	} else {
-		a.g.Mark("hook gen=%d ran-as-init", cfg.Generation)
+		a.g.Mark("hook gen=%d ran-as-%s", cfg.Generation, cfg.HookMode)
 	}
 	// The store's parent exists on a real system (/run, /var/lib); create it here.
 	if err := os.MkdirAll(filepath.Dir(cfg.Store), 0o755); err != nil {
@@ -310,9 +314,13 @@ func (a *agent) kexec() {
 	}
 	args := []string{"initramfs", "-o", "/tmp/next.cpio", "--store", cfg.Store,
 		"--file", kernelPath + ":boot/vmlinuz", "--file", "/tmp/next-config.json:" + strings.TrimPrefix(agentconf.Path, "/")}
-	if cfg.HookMode == agentconf.HookUinit {
+	switch cfg.HookMode {
+	case agentconf.HookUinit:
 		args = append(args, "--self", a.imk, "--init", a.me)
-	} else {
+	case agentconf.HookURoot:
+		// This image's /init is u-root's init: the next image gets it again.
+		args = append(args, "--self", a.imk, "--init", "/init", "--file", a.me+":bin/agent", "--next", "/bin/agent")
+	default:
 		args = append(args, "--self", a.imk, "--file", a.me+":bin/agent", "--next", "/bin/agent")
 	}
 	_, d := a.must("initramfs", args...)
