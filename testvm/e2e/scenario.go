@@ -26,24 +26,12 @@ import (
 	"github.com/imakexec/imakexec/testvm"
 	"github.com/imakexec/imakexec/testvm/agentconf"
 	"github.com/imakexec/imakexec/testvm/frame"
+	"github.com/imakexec/imakexec/testvm/guestlib"
 )
 
 // Policy is the guest's IMA policy, written by the agent after the hook in every
-// generation: executions, reads by root, the three kexec functions; nothing on the
-// pseudo file systems (cgroup because Go >= 1.25 reads cgroup files for GOMAXPROCS).
-const Policy = `dont_measure fsmagic=0x9fa0
-dont_measure fsmagic=0x62656572
-dont_measure fsmagic=0x73636673
-dont_measure fsmagic=0x64626720
-dont_measure fsmagic=0x27e0eb
-dont_measure fsmagic=0x63677270
-measure func=BPRM_CHECK mask=MAY_EXEC
-measure func=MMAP_CHECK mask=MAY_EXEC
-measure func=FILE_CHECK mask=MAY_READ uid=0
-measure func=KEXEC_KERNEL_CHECK
-measure func=KEXEC_INITRAMFS_CHECK
-measure func=KEXEC_CMDLINE
-`
+// generation: guestlib.TestPolicy and the kexec command line.
+const Policy = guestlib.TestPolicy + guestlib.PolicyKexecCmdline
 
 // KernelAppend is the command line every scenario adds (the kexec reuses it).
 const KernelAppend = "ima_template=ima-ng ima_hash=sha256"

@@ -139,3 +139,22 @@ func (g *Guest) SendSnapshot(prefix string, s *IMASnapshot) error {
 	}
 	return nil
 }
+
+// TestPolicy is the IMA policy of the test guests: executions, reads by root and the
+// kexec image and initramfs checks; nothing on the pseudo file systems (cgroup because Go
+// >= 1.25 reads cgroup files for GOMAXPROCS). PolicyKexecCmdline adds the command line.
+const (
+	TestPolicy = `dont_measure fsmagic=0x9fa0
+dont_measure fsmagic=0x62656572
+dont_measure fsmagic=0x73636673
+dont_measure fsmagic=0x64626720
+dont_measure fsmagic=0x27e0eb
+dont_measure fsmagic=0x63677270
+measure func=BPRM_CHECK mask=MAY_EXEC
+measure func=MMAP_CHECK mask=MAY_EXEC
+measure func=FILE_CHECK mask=MAY_READ uid=0
+measure func=KEXEC_KERNEL_CHECK
+measure func=KEXEC_INITRAMFS_CHECK
+`
+	PolicyKexecCmdline = "measure func=KEXEC_CMDLINE\n"
+)

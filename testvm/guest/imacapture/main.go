@@ -53,20 +53,8 @@ const (
 	signedFile = dataDir + "/signed.txt"
 )
 
-// Policy rules. The dont_measure rules keep pseudo filesystems out of the
-// list (cgroup because Go >= 1.25 reads cgroup files for GOMAXPROCS).
-const policyBase = `dont_measure fsmagic=0x9fa0
-dont_measure fsmagic=0x62656572
-dont_measure fsmagic=0x73636673
-dont_measure fsmagic=0x64626720
-dont_measure fsmagic=0x27e0eb
-dont_measure fsmagic=0x63677270
-measure func=BPRM_CHECK mask=MAY_EXEC
-measure func=MMAP_CHECK mask=MAY_EXEC
-measure func=FILE_CHECK mask=MAY_READ uid=0
-measure func=KEXEC_KERNEL_CHECK
-measure func=KEXEC_INITRAMFS_CHECK
-`
+// policyBase is the test guests' policy (guestlib.TestPolicy).
+const policyBase = guestlib.TestPolicy
 
 const policyKexecCmdline = "measure func=KEXEC_CMDLINE\n"
 
