@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 
 	"github.com/google/go-tpm/tpm2/transport"
-	"golang.org/x/sys/unix"
 
 	"github.com/imakexec/imakexec/serialize"
 )
@@ -172,7 +171,6 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 	}
 	res.Join, res.Description, res.Generation = j, j.Candidate, gen
 
-	w := &segmentWriter{s: s, banks: banks, clock: clock}
 	newBoot := BootInfo{BootID: ki.BootID, Generation: gen, KernelRelease: ki.Release}
 	meta := Segment{Backend: "rejoin", IMAHash: ki.IMAHash(), KernelBanks: k.Banks, Scheme: ki.Scheme(),
 		ByteOrder: "little", FlushHtable: ki.FlushHtable(), TPM: clock}
@@ -183,7 +181,7 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 		sg.Source, sg.Boot, sg.FirstSeq = SourceDuplicate, newBoot, chainEnd
 		ref := plan.dupRef
 		sg.Duplicates = &ref
-		out, err := w.write(sg, live[:plan.dup], "", nil, chainState)
+		out, err := s.writeSegment(sg, live[:plan.dup], "", nil, chainState)
 		if err != nil {
 			return err
 		}
@@ -193,7 +191,7 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 		sg := meta
 		sg.Source, sg.Boot, sg.FirstSeq = SourceCarried, newBoot, chainEnd
 		sg.Boot.FirstIndex = plan.dup
-		out, err := w.write(sg, plan.windowCarried, newState, r, nil)
+		out, err := s.writeSegment(sg, plan.windowCarried, newState, r, nil)
 		if err != nil {
 			return err
 		}
@@ -213,7 +211,7 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 		if old != nil {
 			start = old.BootHash
 		}
-		if _, err := w.write(sg, plan.reconstructed.recs, start, r, nil); err != nil {
+		if _, err := s.writeSegment(sg, plan.reconstructed.recs, start, r, nil); err != nil {
 			return err
 		}
 	}
@@ -232,18 +230,10 @@ func lastSegmentOf(s *Store, bootID string) *Segment {
 	return out
 }
 
-// segmentWriter writes small segments built in memory (rejoin's): file, fsync, rename,
-// read back, manifest entry.
-type segmentWriter struct {
-	s     *Store
-	banks []serialize.Bank
-	clock TPMBinding
-}
-
-// write stores recs as a segment with the given metadata. bootStart is the boot hash state
-// before recs; r (in-chain segments) replays them, dupPCRs is recorded for duplicates.
-func (w *segmentWriter) write(sg Segment, recs []serialize.Record, bootStart string, r *serialize.Replayer, dupPCRs serialize.PCRValues) (*Segment, error) {
-	s := w.s
+// writeSegment stores recs, built in memory (rejoin's small segments), as a segment with
+// the given metadata: crash-safe file, read back, manifest entry. bootStart is the boot hash
+// state before recs; r (in-chain segments) replays them, dupPCRs is recorded for duplicates.
+func (s *Store) writeSegment(sg Segment, recs []serialize.Record, bootStart string, r *serialize.Replayer, dupPCRs serialize.PCRValues) (*Segment, error) {
 	sg.Number = len(s.Segments()) + 1
 	sg.File = segmentName(sg.Number)
 	sg.Count = uint64(len(recs))
@@ -277,37 +267,16 @@ func (w *segmentWriter) write(sg Segment, recs []serialize.Record, bootStart str
 		sg.PCRs = pcrsJSON(dupPCRs)
 	}
 	final := filepath.Join(s.dir, sg.File)
-	tmp := filepath.Join(s.dir, segmentsDir, "."+filepath.Base(sg.File)+".tmp")
-	_ = os.Remove(tmp)
-	f, err := openNoFollow(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, fileMode)
-	if err != nil {
-		return nil, fmt.Errorf("store: create segment: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
+	if err := writeFileAtomic(final, data); err != nil {
 		return nil, fmt.Errorf("store: write segment: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("store: fsync segment: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return nil, fmt.Errorf("store: close segment: %w", err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.Remove(tmp)
-		return nil, fmt.Errorf("store: rename segment: %w", err)
-	}
-	if err := syncDir(filepath.Join(s.dir, segmentsDir)); err != nil {
-		return nil, err
-	}
 	back, err := os.ReadFile(final)
-	if err != nil || !bytes.Equal(back, data) {
+	if err == nil && !bytes.Equal(back, data) {
+		err = errors.New("its content differs from what was written")
+	}
+	if err != nil {
 		os.Remove(final)
-		return nil, fmt.Errorf("store: read back segment %s: %w", sg.File, errors.Join(err, errors.New("content differs from what was written")))
+		return nil, fmt.Errorf("store: read back segment %s: %w", sg.File, err)
 	}
 	if err := s.appendEntries([]Entry{{Type: EntrySegment, Segment: &sg}}, nil); err != nil {
 		return nil, err

@@ -159,11 +159,10 @@ func dupSegment(t *testing.T, dir string, sg Segment) {
 	segs := s.ChainSegments()
 	last := segs[len(segs)-1]
 	r, _ := serialize.NewReplayer(serialize.ReplayOptions{Start: mustPCRs(t, last.PCRs)})
-	w := &segmentWriter{s: s}
 	n := sg
 	old := lastSegmentOf(s, sg.Boot.BootID)
 	n.FirstSeq, n.Boot.FirstIndex = last.End(), old.Boot.FirstIndex+old.Count
-	if _, err := w.write(n, recs, old.BootHash, r, nil); err != nil {
+	if _, err := s.writeSegment(n, recs, old.BootHash, r, nil); err != nil {
 		t.Fatal(err)
 	}
 }
