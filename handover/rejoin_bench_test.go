@@ -43,18 +43,7 @@ func BenchmarkRejoinVerify(b *testing.B) {
 
 // BenchmarkVerify: verify of a stored chain of IMAKEXEC_BENCH_RECORDS records.
 func BenchmarkVerify(b *testing.B) {
-	n := 100_000
-	if v, err := strconv.Atoi(os.Getenv("IMAKEXEC_BENCH_RECORDS")); err == nil && v > 0 {
-		n = v
-	}
-	e := newKenv(b, kmodel.Config{Profile: kmodel.ProfileDebian61})
-	if _, err := e.k.Synthetic(n); err != nil {
-		b.Fatal(err)
-	}
-	// The banks a 6.1 kernel computes (sha1, sha256), as on the QEMU runs.
-	if _, err := Rejoin(context.Background(), RejoinOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM(), Banks: []serialize.Bank{serialize.SHA1, serialize.SHA256}}); err != nil {
-		b.Fatal(err)
-	}
+	e, n := benchChain(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		v, err := Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()})
