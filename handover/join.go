@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -70,7 +71,7 @@ func windowCandidates(w *WindowInputs, order serialize.ByteOrder) ([]candidate, 
 	}
 	fileTemplates := []string{}
 	for _, t := range w.Templates {
-		if t != "ima-buf" && !slicesContains(fileTemplates, t) {
+		if t != "ima-buf" && !slices.Contains(fileTemplates, t) {
 			fileTemplates = append(fileTemplates, t)
 		}
 	}
@@ -109,7 +110,7 @@ func windowCandidates(w *WindowInputs, order serialize.ByteOrder) ([]candidate, 
 		if err == nil {
 			ts := []string{"ima-buf"}
 			for _, t := range w.Templates {
-				if !slicesContains(ts, t) {
+				if !slices.Contains(ts, t) {
 					ts = append(ts, t)
 				}
 			}
@@ -144,15 +145,6 @@ func windowCandidates(w *WindowInputs, order serialize.ByteOrder) ([]candidate, 
 	rec(0, candidate{})
 	sort.SliceStable(out, func(a, b int) bool { return len(out[a].recs) < len(out[b].recs) })
 	return out, nil
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // joinPlan is how a new kernel's list joins the chain.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -193,7 +194,7 @@ func readPCRFlags(specs []string) (serialize.PCRValues, error) {
 	}
 	v := serialize.PCRValues{}
 	for _, s := range specs {
-		bankName, file, ok := cutComma(s)
+		bankName, file, ok := strings.Cut(s, ",")
 		if !ok {
 			return nil, usageErrorf("--pcrs wants BANK,FILE, got %q", s)
 		}
@@ -228,15 +229,6 @@ func banksOf(v serialize.PCRValues) []serialize.Bank {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].TPMAlg < out[j].TPMAlg })
 	return out
-}
-
-func cutComma(s string) (string, string, bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == ',' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return "", "", false
 }
 
 // onlyReplayed keeps the expected values of the PCRs the log touched, so a PCR file that

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/hex"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/imakexec/imakexec/handover"
@@ -83,18 +84,9 @@ func unhex(s string) []byte {
 func uniq(ss ...string) []string {
 	var out []string
 	for _, s := range ss {
-		if s != "" && !contains(out, s) {
+		if s != "" && !slices.Contains(out, s) {
 			out = append(out, s)
 		}
 	}
 	return out
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
