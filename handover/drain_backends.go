@@ -1,0 +1,254 @@
+package handover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/imakexec/imakexec/serialize"
+	"golang.org/x/sys/unix"
+)
+
+// The four ways a drain empties the kernel's list: staged (A, read, D), delete-n (read, N),
+// trim-log (read T, T:N) and snapshot (read only).
+
+// appendDeletion records that the kernel no longer holds this boot's records before through.
+func (d *drainer) appendDeletion(through uint64, carried, resolved bool) error {
+	return d.s.appendEntries([]Entry{{Type: EntryDeleted, Deleted: &Deletion{
+		BootID: d.ki.BootID, Through: through, Method: d.res.Backend, Carried: carried, Resolved: resolved,
+	}}}, nil)
+}
+
+// deletedCarried is BootState.DeletedBy's key for records carried after ESTALE.
+const deletedCarried = "carried"
+
+// carried records that a delete met ESTALE: kexec is under way and the next kernel carries
+// this boot's records before through (7.2 carries staged and current records; spec
+// §12.3). A repeated refusal adds no entry.
+func (d *drainer) carried(through uint64) error {
+	d.res.Carried = true
+	if bs := d.s.Boot(d.ki.BootID); bs != nil && bs.Deleted >= through {
+		return nil
+	}
+	return d.appendDeletion(through, true, false)
+}
+
+// settle records a deletion point found by resolve when it is past the confirmed one.
+func (d *drainer) settle(v bootView, delPoint uint64) error {
+	if delPoint <= v.deleted {
+		return nil
+	}
+	d.res.Resolved += delPoint - v.deleted
+	return d.appendDeletion(delPoint, false, true)
+}
+
+// drainList is the delete-n and snapshot backend: read the original SHA1 list, persist,
+// and (delete-n) write "N\n" to it, all on one O_RDWR file descriptor.
+func (d *drainer) drainList(ctx context.Context, del bool) error {
+	flag := os.O_RDONLY
+	if del {
+		flag = os.O_RDWR
+	}
+	f, err := d.k.openKernel(ctx, d.k.List, flag)
+	if err != nil {
+		return fmt.Errorf("open measurement list: %w", err)
+	}
+	defer f.Close()
+	open := func() (serialize.Source, error) { return listReader(f) }
+	v := d.view()
+	var delPoint uint64
+	if del {
+		if delPoint, err = d.resolve(v, open, nil); err != nil {
+			return err
+		}
+	} else {
+		// Nothing is deleted by a snapshot: the kernel holds everything after the
+		// confirmed deletion point.
+		delPoint = v.deleted
+	}
+	if err := d.settle(v, delPoint); err != nil {
+		return err
+	}
+	v.deleted = delPoint
+	source := SourceSnapshot
+	if del {
+		source = SourceDeletedN
+	}
+	pr, err := d.pass(v, delPoint, open, source)
+	if err != nil {
+		return err
+	}
+	d.res.Held, d.res.Retained, d.res.Stored = pr.held, pr.retained, pr.stored
+	if !del || pr.held == 0 {
+		return nil
+	}
+	if !pr.anyReal {
+		// Delete only ranges with a non-violation record: such a record can never appear
+		// again in this boot (the hash table keeps its digest; N refuses ima_flush_htable),
+		// which is what makes the next run's comparison exact after a crash.
+		return nil
+	}
+	if err := command(f, fmt.Sprintf("%d\n", pr.held)); err != nil {
+		if errors.Is(err, unix.ESTALE) {
+			return d.carried(delPoint + pr.held)
+		}
+		return fmt.Errorf("delete %d records (stored and durable; the next drain retries): %w", pr.held, err)
+	}
+	if err := d.hook(StepDeleted, pr.held); err != nil {
+		return err
+	}
+	d.res.Deleted += pr.held
+	return d.appendDeletion(delPoint+pr.held, false, false)
+}
+
+// drainTrim is the trim-log backend: T from ima_trim_log is the exact deletion point.
+func (d *drainer) drainTrim(ctx context.Context) error {
+	trimT, err := d.k.readTrimCount(ctx)
+	if err != nil {
+		return err
+	}
+	t := trimT
+	v := d.view()
+	// T counts only what ima_trim_log trimmed; add what other backends deleted this boot.
+	if bs := d.s.Boot(d.ki.BootID); bs != nil {
+		for m, n := range bs.DeletedBy {
+			if m != BackendTrimLog && m != deletedCarried {
+				t += n
+			}
+		}
+	}
+	delPoint, err := d.resolve(v, nil, &t)
+	if err != nil {
+		return err
+	}
+	if err := d.settle(v, delPoint); err != nil {
+		return err
+	}
+	v.deleted = delPoint
+	f, err := d.k.openKernel(ctx, d.k.List, os.O_RDONLY)
+	if err != nil {
+		return fmt.Errorf("open measurement list: %w", err)
+	}
+	pr, err := d.pass(v, delPoint, func() (serialize.Source, error) { return listReader(f) }, SourceTrimmed)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	d.res.Held, d.res.Retained, d.res.Stored = pr.held, pr.retained, pr.stored
+	if pr.held == 0 {
+		return nil
+	}
+	tf, err := d.k.openKernel(ctx, d.k.TrimLog, os.O_WRONLY)
+	if err != nil {
+		return fmt.Errorf("open ima_trim_log: %w", err)
+	}
+	defer tf.Close()
+	if err := command(tf, fmt.Sprintf("%d:%d\n", trimT, pr.held)); err != nil {
+		return fmt.Errorf("trim %d records (stored and durable; the next drain retries): %w", pr.held, err)
+	}
+	if err := d.hook(StepDeleted, pr.held); err != nil {
+		return err
+	}
+	d.res.Deleted += pr.held
+	return d.appendDeletion(delPoint+pr.held, false, false)
+}
+
+// drainStaged is the staged backend (7.2): on one O_RDWR fd of the SHA1 staged list, A
+// stages the whole current list, the staged records are read and persisted, then D frees
+// them. Records left staged by an interrupted run make A fail with EEXIST; they are
+// finished first (persist what the store lacks, then D), then a new round starts.
+func (d *drainer) drainStaged(ctx context.Context) error {
+	f, err := d.k.openKernel(ctx, d.k.Staged, os.O_RDWR)
+	if err != nil {
+		return fmt.Errorf("open staged list: %w", err)
+	}
+	defer f.Close()
+	open := func() (serialize.Source, error) { return listReader(f) }
+	for round := 0; round < 2; round++ {
+		err := command(f, "A\n")
+		leftover := false
+		switch {
+		case err == nil:
+			if err := d.hook(StepStaged, 0); err != nil {
+				return err
+			}
+		case errors.Is(err, unix.EEXIST):
+			leftover = true
+		case errors.Is(err, unix.ENOENT):
+			// The current list is empty; something may still be staged.
+			leftover = true
+		case errors.Is(err, unix.EACCES):
+			// Nothing is lost: the kernel carries what it holds (staged first) to the
+			// next kernel, whose drain stores it.
+			return fmt.Errorf("%w: %w; the kernel carries the records it holds to the next kernel: drain again after the kexec", ErrSuspended, err)
+		default:
+			return fmt.Errorf("stage records: %w", err)
+		}
+		v := d.view()
+		var delPoint uint64
+		empty := false
+		if leftover {
+			src, err := open()
+			if err != nil {
+				return err
+			}
+			if _, err := src.Next(); errors.Is(err, io.EOF) {
+				empty = true
+			} else if err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("read staged list: %w", err)
+			} else if errors.Is(err, unix.ENOENT) {
+				empty = true // RFC v1 returned ENOENT for an empty staged list
+			}
+		}
+		stagedGone := (!leftover || empty) && v.lastSource == SourceStaged && v.stored > v.deleted
+		if stagedGone {
+			// Nothing is staged, so the staged records the store holds were freed by a D
+			// whose manifest entry was lost.
+			t := v.stored
+			if delPoint, err = d.resolve(v, open, &t); err != nil {
+				return err
+			}
+		} else if !(leftover && empty) {
+			if delPoint, err = d.resolve(v, open, nil); err != nil {
+				return err
+			}
+		} else {
+			delPoint = v.deleted
+		}
+		if err := d.settle(v, delPoint); err != nil {
+			return err
+		}
+		v.deleted = delPoint
+		if leftover && empty {
+			return nil // nothing staged, nothing to stage
+		}
+		pr, err := d.pass(v, delPoint, open, SourceStaged)
+		if err != nil {
+			return err
+		}
+		d.res.Held += pr.held
+		d.res.Retained += pr.retained
+		d.res.Stored += pr.stored
+		if pr.held > 0 {
+			if err := command(f, "D\n"); err != nil {
+				if errors.Is(err, unix.ESTALE) {
+					return d.carried(delPoint + pr.held)
+				}
+				return fmt.Errorf("delete staged records (stored and durable; the next drain finishes): %w", err)
+			}
+			if err := d.hook(StepDeleted, pr.held); err != nil {
+				return err
+			}
+			d.res.Deleted += pr.held
+			if err := d.appendDeletion(delPoint+pr.held, false, false); err != nil {
+				return err
+			}
+		}
+		if !leftover {
+			return nil
+		}
+	}
+	return nil
+}

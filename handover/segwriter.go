@@ -1,0 +1,271 @@
+package handover
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/imakexec/imakexec/serialize"
+	"golang.org/x/sys/unix"
+)
+
+// The one writer of segment files: temp file, records, header, fsync, rename, read back.
+
+// segWriter writes one segment: temp file, records, header, fsync, rename, read-back.
+type segWriter struct {
+	d     *drainer
+	v     bootView
+	seg   Segment
+	f     *os.File
+	tmp   string
+	bw    *bufio.Writer
+	buf   []byte
+	dg    *serialize.Digester
+	bh    *bootHasher
+	start string
+	rp    *serialize.Replayer
+	pa    *serialize.ParallelAdder // feeds rp, one goroutine per bank, while records are read and written
+	count uint64
+	size  uint64
+}
+
+func (d *drainer) newSegment(v bootView, source string) (*segWriter, error) {
+	n := len(d.s.Segments()) + 1
+	segs := d.s.ChainSegments()
+	start := serialize.PCRValues{}
+	var firstSeq uint64
+	if len(segs) > 0 {
+		var err error
+		if start, err = decodePCRs(segs[len(segs)-1].PCRs); err != nil {
+			return nil, &TamperError{File: manifestName, What: err.Error()}
+		}
+		firstSeq = segs[len(segs)-1].End()
+	}
+	scheme, _ := serialize.ParseScheme(d.ki.Scheme())
+	rp, err := serialize.NewReplayer(serialize.ReplayOptions{Banks: d.banks, Scheme: scheme, Order: storeOrder, Start: start, DigestBank: &serialize.SHA1})
+	if err != nil {
+		return nil, err
+	}
+	// The boot hash continues from the end of this boot's last stored segment.
+	var st string
+	for _, b := range v.bounds {
+		if b.at == v.stored {
+			st = b.state
+		}
+	}
+	bh, err := newBootHasher(st)
+	if err != nil {
+		return nil, err
+	}
+	final := segmentName(n)
+	tmp := filepath.Join(d.s.dir, segmentsDir, "."+filepath.Base(final)+".tmp")
+	_ = os.Remove(tmp)
+	f, err := openNoFollow(tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, fileMode)
+	if err != nil {
+		return nil, fmt.Errorf("store: create segment: %w", err)
+	}
+	sw := &segWriter{d: d, v: v, f: f, tmp: tmp, bw: bufio.NewWriterSize(f, 1<<20), dg: serialize.NewDigester(), bh: bh, start: st, rp: rp, pa: rp.Parallel(), size: serialize.KexecHeaderSize}
+	sw.seg = Segment{
+		Number: n, File: final, FirstSeq: firstSeq, Source: source, Backend: d.res.Backend,
+		Boot:        BootInfo{BootID: d.ki.BootID, Generation: d.gen, KernelRelease: d.ki.Release, FirstIndex: v.stored},
+		IMAHash:     d.ki.IMAHash(),
+		KernelBanks: d.k.Banks,
+		Scheme:      d.ki.Scheme(),
+		ByteOrder:   "little",
+		FlushHtable: d.ki.FlushHtable(),
+		TPM:         d.clock,
+	}
+	if _, err := sw.bw.Write(serialize.AppendKexecHeader(nil, serialize.KexecHeader{Version: serialize.KexecVersion}, storeOrder)); err != nil {
+		sw.abort()
+		return nil, fmt.Errorf("store: write segment: %w", err)
+	}
+	return sw, nil
+}
+
+func (sw *segWriter) add(rec *serialize.Record) error {
+	var err error
+	if sw.buf, err = serialize.AppendKexecRecord(sw.buf[:0], rec, sw.dg, storeOrder); err != nil {
+		return err
+	}
+	if _, err := sw.bw.Write(sw.buf); err != nil {
+		return fmt.Errorf("store: write segment: %w", err)
+	}
+	sw.bh.h.Write(sw.buf)
+	if err := sw.pa.Add(rec); err != nil {
+		return fmt.Errorf("replay kernel records (record numbers from index %d of this boot's list): %w", sw.v.stored, err)
+	}
+	sw.count++
+	sw.size += uint64(len(sw.buf))
+	return nil
+}
+
+func (sw *segWriter) abort() {
+	sw.pa.Close()
+	if sw.f != nil {
+		sw.f.Close()
+		sw.f = nil
+	}
+	os.Remove(sw.tmp)
+}
+
+// commit finishes the file durably, reads it back, and appends the manifest entry.
+func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
+	d := sw.d
+	fail := func(err error) (*Segment, error) { sw.abort(); return nil, err }
+	if err := sw.pa.Close(); err != nil {
+		return fail(fmt.Errorf("replay kernel records (record numbers from index %d of this boot's list): %w", sw.v.stored, err))
+	}
+	if err := sw.bw.Flush(); err != nil {
+		return fail(fmt.Errorf("store: write segment: %w", err))
+	}
+	hdr := serialize.AppendKexecHeader(nil, serialize.KexecHeader{Version: serialize.KexecVersion, BufferSize: sw.size, Count: sw.count}, storeOrder)
+	if _, err := sw.f.WriteAt(hdr, 0); err != nil {
+		return fail(fmt.Errorf("store: write segment header: %w", err))
+	}
+	if err := d.hook(StepSegmentWritten, sw.count); err != nil {
+		return fail(err)
+	}
+	if err := sw.f.Sync(); err != nil {
+		return fail(fmt.Errorf("store: fsync segment: %w", err))
+	}
+	final := filepath.Join(d.s.dir, sw.seg.File)
+	if err := os.Rename(sw.tmp, final); err != nil {
+		return fail(fmt.Errorf("store: rename segment: %w", err))
+	}
+	// The descriptor stays open for the read-back: opening the file again for reading
+	// would be a FILE_CHECK measurement under common policies, a record in the kernel's
+	// list after it was read (in the kexec window, for the last drain before a kexec).
+	f := sw.f
+	sw.f = nil
+	defer f.Close()
+	if err := syncDir(filepath.Join(d.s.dir, segmentsDir)); err != nil {
+		os.Remove(final)
+		return nil, err
+	}
+	if err := d.hook(StepSegmentSynced, sw.count); err != nil {
+		return nil, err
+	}
+	sw.seg.Count = sw.count
+	sw.seg.Size = int64(sw.size)
+	sw.seg.BootHash = sw.bh.state()
+	sw.seg.BootSum = sw.bh.sum()
+	sw.seg.PCRs = pcrsJSON(sw.rp.State())
+	sw.seg.Held = held
+	sw.seg.Retained = retained
+	sum, err := sw.readBack(f, final)
+	if err == nil {
+		if err = f.Close(); err != nil {
+			err = fmt.Errorf("store: close segment: %w", err)
+		}
+	}
+	if err != nil {
+		os.Remove(final)
+		return nil, err
+	}
+	sw.seg.SHA256 = sum
+	seg := sw.seg
+	if err := d.s.appendEntries([]Entry{{Type: EntrySegment, Segment: &seg}}, func() error { return d.hook(StepManifestWritten, seg.Count) }); err != nil {
+		return nil, err
+	}
+	if err := d.hook(StepManifestSynced, seg.Count); err != nil {
+		return nil, err
+	}
+	d.res.Segments = append(d.res.Segments, seg)
+	return &seg, nil
+}
+
+// readBack reads the fsynced segment again, through the descriptor it was written with,
+// and checks it holds exactly what was written: the header written, and record bytes that
+// continue the boot hash to the same sum as the bytes written (SHA-256: equal sums mean
+// equal bytes, so re-parsing would add nothing); and that name is that file. It returns
+// the file's SHA-256, and keeps the bytes for DrainResult.Written when asked to.
+func (sw *segWriter) readBack(f *os.File, name string) (string, error) {
+	fail := func(err error) (string, error) {
+		return "", fmt.Errorf("store: read back segment %s: %w", sw.seg.File, err)
+	}
+	bad := func(what string) error {
+		return fmt.Errorf("store: read back segment %s: %s; nothing was deleted", sw.seg.File, what)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	if ni, err := os.Lstat(name); err != nil || !os.SameFile(fi, ni) {
+		return "", bad("the name does not refer to the file written")
+	}
+	if uint64(fi.Size()) != sw.size {
+		return "", bad(fmt.Sprintf("it has %d bytes, %d were written", fi.Size(), sw.size))
+	}
+	hdr := make([]byte, serialize.KexecHeaderSize)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return fail(err)
+	}
+	h, err := serialize.ParseKexecHeader(hdr, storeOrder)
+	if err != nil || h.Count != sw.count || h.BufferSize != sw.size {
+		return "", bad(fmt.Sprintf("its header does not describe the %d records (%d bytes) written", sw.count, sw.size))
+	}
+	bh, err := newBootHasher(sw.start)
+	if err != nil {
+		return "", err
+	}
+	fh := sha256.New()
+	fh.Write(hdr)
+	body := io.NewSectionReader(f, serialize.KexecHeaderSize, int64(sw.size)-serialize.KexecHeaderSize)
+	var kept []byte
+	if sw.d.keep.wants(int64(sw.size)) {
+		kept = make([]byte, sw.size)
+		copy(kept, hdr)
+		if _, err := io.ReadFull(body, kept[len(hdr):]); err != nil {
+			return fail(err)
+		}
+		body = io.NewSectionReader(bytes.NewReader(kept), serialize.KexecHeaderSize, int64(len(kept))-serialize.KexecHeaderSize)
+	}
+	n, err := hashBoth(body, fh, bh.h)
+	if err != nil {
+		return fail(err)
+	}
+	if uint64(n)+serialize.KexecHeaderSize != sw.size || bh.sum() != sw.seg.BootSum {
+		return "", bad(fmt.Sprintf("it does not hold the %d records written", sw.count))
+	}
+	if kept != nil {
+		sw.d.keep.add(WrittenFile{Name: sw.seg.File, Data: kept})
+	}
+	return hex.EncodeToString(fh.Sum(nil)), nil
+}
+
+// hashBoth writes everything r yields to a and b, b in a second goroutine, chunk by
+// chunk. It returns the bytes read.
+func hashBoth(r io.Reader, a, b hash.Hash) (int64, error) {
+	const size = 1 << 20
+	bufs := [2][]byte{make([]byte, size), make([]byte, size)}
+	var total int64
+	done := make(chan struct{}, 1)
+	done <- struct{}{}
+	for i := 0; ; i ^= 1 {
+		n, err := io.ReadFull(r, bufs[i])
+		chunk := bufs[i][:n]
+		<-done // b has finished the previous chunk, whose buffer is read into next
+		if n > 0 {
+			total += int64(n)
+			go func() { b.Write(chunk); done <- struct{}{} }()
+			a.Write(chunk)
+		} else {
+			done <- struct{}{}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			<-done
+			return total, nil
+		}
+		if err != nil {
+			<-done
+			return total, err
+		}
+	}
+}

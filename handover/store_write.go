@@ -1,0 +1,243 @@
+package handover
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imakexec/imakexec/serialize"
+	"golang.org/x/sys/unix"
+)
+
+// Writing the store: a new manifest, appended entries, the cold-boot archive, temp-file cleanup,
+// and the manifest's encodings of PCR values and boot hashes.
+
+// create writes a fresh manifest with only a header (the store must be locked and empty).
+func (s *Store) create(tpm TPMBinding, banks []serialize.Bank) error {
+	if err := s.mustLock(); err != nil {
+		return err
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	h := &Header{Version: ManifestVersion, StoreID: hex.EncodeToString(id[:]), TPM: tpm}
+	for _, b := range banks {
+		h.Banks = append(h.Banks, b.Name)
+	}
+	e := Entry{Type: EntryHeader, Index: 0, Time: time.Now().UTC(), Header: h}
+	line, err := encodeEntry(&e)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(s.dir, segmentsDir), dirMode); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if err := checkDir(filepath.Join(s.dir, segmentsDir), false); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(s.dir, manifestName), append(line, '\n')); err != nil {
+		return fmt.Errorf("store: write manifest: %w", err)
+	}
+	return s.load()
+}
+
+// appendEntries appends entries to the manifest (chained to the last line) and fsyncs it.
+// A torn last line left by a crash is cut off first. syncHook runs between write and fsync.
+func (s *Store) appendEntries(es []Entry, beforeSync func() error) error {
+	if err := s.mustLock(); err != nil {
+		return err
+	}
+	var buf []byte
+	last := s.lastHash
+	now := time.Now().UTC()
+	for i := range es {
+		es[i].Index = len(s.entries) + i
+		es[i].Prev = last
+		if es[i].Time.IsZero() {
+			es[i].Time = now
+		}
+		line, err := encodeEntry(&es[i])
+		if err != nil {
+			return err
+		}
+		last = lineHash(line)
+		buf = append(append(buf, line...), '\n')
+	}
+	f, err := openNoFollow(filepath.Join(s.dir, manifestName), unix.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("store: append manifest: %w", err)
+	}
+	defer f.Close()
+	if s.torn {
+		if err := f.Truncate(s.good); err != nil {
+			return fmt.Errorf("store: cut torn manifest line: %w", err)
+		}
+	}
+	if _, err := f.WriteAt(buf, s.good); err != nil {
+		// Leave the file as it was: a partial append is cut off by the next writer.
+		_ = f.Truncate(s.good)
+		return fmt.Errorf("store: append manifest: %w", err)
+	}
+	if beforeSync != nil {
+		if err := beforeSync(); err != nil {
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Truncate(s.good)
+		return fmt.Errorf("store: fsync manifest: %w", err)
+	}
+	s.entries = append(s.entries, es...)
+	s.lastHash = last
+	s.good += int64(len(buf))
+	s.torn = false
+	return nil
+}
+
+// Archive moves the manifest and segments into archive/NAME (NAME says why and when) so a
+// new chain can start; an archived store is never joined. It returns the archive path.
+func (s *Store) Archive(reason string) (string, error) {
+	if err := s.mustLock(); err != nil {
+		return "", err
+	}
+	if err := checkDir(filepath.Join(s.dir, archiveDir), true); err != nil {
+		return "", fmt.Errorf("store: archive: %w", err)
+	}
+	name := fmt.Sprintf("%s-%s", time.Now().UTC().Format("20060102T150405Z"), sanitize(reason))
+	dst := filepath.Join(s.dir, archiveDir, name)
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(dst); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		dst = filepath.Join(s.dir, archiveDir, name+"."+strconv.Itoa(i))
+	}
+	if err := os.Mkdir(dst, dirMode); err != nil {
+		return "", fmt.Errorf("store: archive: %w", err)
+	}
+	// Segments first, manifest last: a crash in between leaves no manifest pointing at
+	// missing files in the live store... the live manifest is moved last.
+	for _, n := range []string{segmentsDir, manifestName} {
+		if err := os.Rename(filepath.Join(s.dir, n), filepath.Join(dst, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("store: archive: %w", err)
+		}
+	}
+	if err := syncDir(dst); err != nil {
+		return "", err
+	}
+	if err := syncDir(s.dir); err != nil {
+		return "", err
+	}
+	return dst, s.load()
+}
+
+// Archives lists the archived chains (names below DIR/archive).
+func (s *Store) Archives() []string {
+	ents, err := os.ReadDir(filepath.Join(s.dir, archiveDir))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '-'
+	}, s)
+}
+
+func segmentName(n int) string { return filepath.Join(segmentsDir, fmt.Sprintf("%08d.kexec", n)) }
+
+// cleanTemp removes temp files a crashed writer left in segments/ and segment files that
+// no manifest entry names (a crash between rename and manifest append).
+func (s *Store) cleanTemp() {
+	ents, err := os.ReadDir(filepath.Join(s.dir, segmentsDir))
+	if err != nil {
+		return
+	}
+	known := map[string]bool{}
+	for _, sg := range s.Segments() {
+		known[filepath.Base(sg.File)] = true
+	}
+	next := len(s.Segments()) + 1
+	for _, e := range ents {
+		n := e.Name()
+		switch {
+		case strings.HasPrefix(n, ".") && strings.HasSuffix(n, ".tmp"):
+			os.Remove(filepath.Join(s.dir, segmentsDir, n))
+		case !known[n] && n == filepath.Base(segmentName(next)):
+			os.Remove(filepath.Join(s.dir, segmentsDir, n))
+		}
+	}
+}
+
+// pcrsJSON and decodePCRs convert PCR values to and from the manifest's hex form.
+func pcrsJSON(v serialize.PCRValues) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for p, m := range v {
+		k := strconv.Itoa(int(p))
+		out[k] = map[string]string{}
+		for b, d := range m {
+			out[k][b] = hex.EncodeToString(d)
+		}
+	}
+	return out
+}
+
+func decodePCRs(m map[string]map[string]string) (serialize.PCRValues, error) {
+	out := serialize.PCRValues{}
+	for k, banks := range m {
+		p, err := strconv.ParseUint(k, 10, 32)
+		if err != nil || p >= serialize.MaxPCR {
+			return nil, fmt.Errorf("PCR index %q", k)
+		}
+		for b, h := range banks {
+			d, err := hex.DecodeString(h)
+			if err != nil {
+				return nil, fmt.Errorf("PCR %d bank %s: %w", p, b, err)
+			}
+			out.Set(uint32(p), b, d)
+		}
+	}
+	return out, nil
+}
+
+// bootHasher is the running SHA-256 over a boot's records in kexec form (Segment.BootHash).
+type bootHasher struct{ h hash.Hash }
+
+func newBootHasher(state string) (*bootHasher, error) {
+	h := sha256.New()
+	if state != "" {
+		b, err := hex.DecodeString(state)
+		if err != nil {
+			return nil, err
+		}
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(b); err != nil {
+			return nil, err
+		}
+	}
+	return &bootHasher{h: h}, nil
+}
+
+func (b *bootHasher) state() string {
+	st, _ := b.h.(encoding.BinaryMarshaler).MarshalBinary()
+	return hex.EncodeToString(st)
+}
+
+func (b *bootHasher) sum() string { return hex.EncodeToString(b.h.Sum(nil)) }
