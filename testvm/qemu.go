@@ -178,6 +178,11 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("run vm: %w", err)
 	}
+	unlock, err := lockVM(ctx)
+	if err != nil {
+		return res, fmt.Errorf("run vm: %w", err)
+	}
+	defer unlock()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
