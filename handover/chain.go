@@ -23,7 +23,7 @@ var (
 )
 
 // observer watches every record of a replay: it collects boundaries and checks each
-// boot_aggregate against the TPM's PCRs 0-9 (spec §8).
+// boot_aggregate against the TPM's PCRs 0-9 (ima_calc_boot_aggregate, 7.2).
 type observer struct {
 	tpm        serialize.PCRValues // nil: boot_aggregates are not checked
 	scheme     serialize.Scheme
@@ -57,7 +57,8 @@ func (o *observer) see(seq uint64, rec *serialize.Record) {
 }
 
 // gaps reports kexec_load records not followed by kexec_execute before the next kernel's
-// boot_aggregate: per the patch author, a sign of records lost at the jump (spec §11).
+// boot_aggregate: records measured between the load and the jump were lost (the
+// 6.16+ kexec critical-data records, ima_measure_kexec_event).
 func (o *observer) gaps() []string {
 	var out []string
 	pending := -1
@@ -175,7 +176,7 @@ func walkChain(s *Store, banks []serialize.Bank, obs *observer) (*serialize.Repl
 		if err != nil {
 			return nil, &TamperError{File: manifestName, What: fmt.Sprintf("segment %d: %v", sg.Number, err)}
 		}
-		if !pcrsEqual(restrictState(r.State(), want), want) {
+		if !hintsAgree(r.State(), want, banks) {
 			return nil, &TamperError{File: sg.File, What: fmt.Sprintf("segment %d replays to PCR values other than the manifest records for it", sg.Number)}
 		}
 	}
@@ -188,15 +189,26 @@ func walkChain(s *Store, banks []serialize.Bank, obs *observer) (*serialize.Repl
 	return r, nil
 }
 
-// restrictState keeps the PCRs and banks of got that want names.
-func restrictState(got, want serialize.PCRValues) serialize.PCRValues {
-	out := serialize.PCRValues{}
-	for p, m := range got {
-		for b, v := range m {
-			if want.Get(p, b) != nil {
-				out.Set(p, b, v)
-			}
+// knowsBoot reports whether the store's chain includes the kernel with this boot id: it
+// stored records of it, or rejoin joined it.
+func (s *Store) knowsBoot(bootID string) bool {
+	return s.Boot(bootID) != nil || s.joinOf(bootID) != nil
+}
+
+// joinOf is the join entry of a boot, nil if none.
+func (s *Store) joinOf(bootID string) *Join {
+	for _, j := range s.Joins() {
+		if j.BootID == bootID {
+			return &j
 		}
 	}
-	return out
+	return nil
+}
+
+// notJoined is ErrNotJoined for drain: the running boot is new to a store that holds a
+// chain, and rejoin has not joined it yet. A drain now would store the records the old
+// kernel carried a second time, or start a second chain beside the first: one store per
+// host, joined before it is drained.
+func notJoined(bootID string) error {
+	return fmt.Errorf("%w (boot id %s); drain refuses so that no record is stored twice and the chain is not split", ErrNotJoined, bootID)
 }

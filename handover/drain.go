@@ -300,14 +300,14 @@ func (d *drainer) hook(s Step, n uint64) error {
 }
 
 func (d *drainer) setup() error {
-	for _, n := range d.s.Header().Banks {
-		b, err := serialize.ParseBank(n)
-		if err != nil {
-			return &TamperError{File: manifestName, Line: 1, What: err.Error()}
-		}
-		d.banks = append(d.banks, b)
+	var err error
+	if d.banks, err = headerBanks(d.s.Header()); err != nil {
+		return err
 	}
 	d.res.BootID = d.ki.BootID
+	if len(d.s.ChainSegments()) > 0 && !d.s.knowsBoot(d.ki.BootID) {
+		return notJoined(d.ki.BootID)
+	}
 	segs := d.s.Segments()
 	d.gen = 0
 	if bs := d.s.Boot(d.ki.BootID); bs != nil {

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imakexec/imakexec/internal/kmodel"
-	"github.com/imakexec/imakexec/serialize"
 )
 
 // setups lists every profile with the backends it offers (7.2 with ima_flush_htable on and
@@ -273,8 +272,9 @@ func TestDrainKexecUnderWay(t *testing.T) {
 			}
 			e.verifyWithTail(held)
 
-			// The jump: 7.2 carries staged and current records; the next drain is a new
-			// generation of the chain (joining it is rejoin's job).
+			// The jump: 7.2 carries staged and current records. The new boot is new to the
+			// store: drain refuses it until rejoin has joined it (else it would store the
+			// carried records a second time), then drains it as the next generation.
 			old := e.k.BootID()
 			atJump := held // records the kernel carries: all stored, and (staged) kexec_execute
 			if backend == BackendStaged {
@@ -287,17 +287,25 @@ func TestDrainKexecUnderWay(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.work(3)
-			r3, err := e.drain(backend, nil)
+			_, n = lastEntry(t, e)
+			if _, err := e.drain(backend, nil); !errors.Is(err, ErrNotJoined) || !strings.Contains(err.Error(), "imakexec rejoin") {
+				t.Fatalf("drain after the jump, before rejoin: %v, want ErrNotJoined naming imakexec rejoin", err)
+			}
+			if _, n2 := lastEntry(t, e); n2 != n {
+				t.Fatalf("refused drain wrote %d manifest lines", n2-n)
+			}
+			rj, err := e.rejoin(nil)
 			if err != nil {
-				t.Fatalf("drain after the jump: %v", err)
+				t.Fatalf("rejoin after the jump: %v", err)
 			}
-			if r3.BootID == old || r3.BootID != e.k.BootID() || r3.Generation != 1 || r3.Carried {
-				t.Fatalf("drain after the jump: boot %s (old %s) generation %d carried %v", r3.BootID, old, r3.Generation, r3.Carried)
+			if rj.BootID == old || rj.Generation != 1 || rj.Join == nil || rj.Join.KernelCarried != uint64(atJump) {
+				t.Fatalf("rejoin after the jump: %+v (join %+v), want generation 1 with %d carried", rj, rj.Join, atJump)
 			}
-			// Carried, then the new boot_aggregate and the 3 new measurements.
-			if want := uint64(atJump + 1 + 3); r3.Stored != want || len(r3.Segments) != 1 || r3.Segments[0].Boot.FirstIndex != 0 {
-				t.Fatalf("drain after the jump stored %d (want %d), segments %+v", r3.Stored, want, r3.Segments)
+			e.work(2)
+			if r3 := e.mustDrain(backend); r3.Generation != 1 {
+				t.Fatalf("drain after the rejoin: %+v", r3)
 			}
+			e.mustVerify("after the jump")
 			s, _ := OpenStore(e.store)
 			if _, err := s.Check(); err != nil {
 				t.Fatalf("store check: %v", err)
@@ -440,13 +448,18 @@ func TestSnapshotAcrossKexec(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.work(4)
-			r2 := e.mustDrain(BackendAuto)
-			if r2.BootID == oldBoot || r2.Generation != 1 || r2.Retained != 0 || len(r2.Segments) != 1 || r2.Segments[0].Boot.FirstIndex != 0 {
-				t.Fatalf("drain in the new boot: %+v", r2)
+			// New to the store: drain refuses until rejoin joined this boot.
+			if _, err := e.drain(BackendAuto, nil); !errors.Is(err, ErrNotJoined) {
+				t.Fatalf("drain in the new boot before rejoin: %v, want ErrNotJoined", err)
+			}
+			rj, err := e.rejoin(nil)
+			if err != nil {
+				t.Fatalf("rejoin: %v", err)
 			}
 			after := e.k.List()
-			if r2.Stored != uint64(len(after)) {
-				t.Fatalf("stored %d of the new boot's %d records", r2.Stored, len(after))
+			r2 := rj.Drain
+			if rj.BootID == oldBoot || rj.Generation != 1 || r2 == nil || r2.Generation != 1 {
+				t.Fatalf("rejoin in the new boot: %+v", rj)
 			}
 			// Idle: nothing new, nothing mistaken for new.
 			if r3 := e.mustDrain(BackendAuto); r3.Stored != 0 || r3.Retained != uint64(len(after)) || r3.Generation != 1 {
@@ -467,29 +480,23 @@ func TestSnapshotAcrossKexec(t *testing.T) {
 				if len(after) != 1+4 {
 					t.Fatalf("debian-6.1 carried records: new list has %d", len(after))
 				}
-				e.verify() // the store alone is the whole chain
+				if r2.Stored != uint64(len(after)) {
+					t.Fatalf("stored %d of the new boot's %d records", r2.Stored, len(after))
+				}
 			case kmodel.Profile61IMAKexec:
-				// Copied at load: every record drained before the jump, in order.
+				// Copied at load: every record drained before the jump, in order; the join
+				// recognises them, so the chain holds them once.
 				if len(after) != len(before)+1+4 {
 					t.Fatalf("new list %d records, want %d carried + boot_aggregate + 4", len(after), len(before))
 				}
-				cr := s.Reader()
-				defer cr.Close()
-				var stored []serialize.Record
-				for {
-					rec, err := cr.Next()
-					if err != nil {
-						break
-					}
-					stored = append(stored, rec.Clone())
+				if rj.Join == nil || rj.Join.Duplicated != uint64(len(before)) {
+					t.Fatalf("join %+v, want the %d carried records recognised as stored", rj.Join, len(before))
 				}
-				for i := range before {
-					a, b := stored[i], stored[len(before)+i]
-					if a.PCR != b.PCR || a.Template != b.Template || !bytes.Equal(a.Data, b.Data) || !bytes.Equal(a.Digest, b.Digest) {
-						t.Fatalf("carried record %d differs from the one drained before the jump", i)
-					}
+				if s.Records() != uint64(len(before)+1+4) {
+					t.Fatalf("chain holds %d records, want %d (each once)", s.Records(), len(before)+1+4)
 				}
 			}
+			e.mustVerify("after the kexec")
 		})
 	}
 }

@@ -17,7 +17,8 @@ import (
 // WindowInputs is what the old kernel's handoff says about the kexec window: the inputs of
 // kexec_file_load and the files read after the last drain, whose measurements
 // (FILE_CHECK, KEXEC_KERNEL_CHECK, KEXEC_INITRAMFS_CHECK, KEXEC_CMDLINE) came after the
-// last drain and may be in no list (design.md "kexec: where records get lost"). Rejoin
+// last drain and may be in no list (a kernel before 6.16 copies its list at
+// kexec_file_load, ima_add_kexec_buffer; Debian's 6.1 carries none). Rejoin
 // rebuilds them as candidates; only a candidate the TPM proves is kept.
 type WindowInputs struct {
 	// IMAHash is the old kernel's ima_hash algorithm ("sha256" when unknown).
@@ -255,39 +256,94 @@ func readSegment(s *Store, sg *Segment) ([]serialize.Record, error) {
 	}
 }
 
-// readLive reads the running kernel's held records: the staged list (7.2) then the
-// current list, SHA1 form. The first skip records (stored ones) are counted, not kept.
+// readLive reads the running kernel's held records into memory (see liveSource): the
+// first skip records are counted, not kept.
 func readLive(ctx context.Context, k *Kernel, skip uint64) (recs []serialize.Record, held uint64, err error) {
-	for _, name := range []string{k.Staged, k.List} {
-		if name == "" {
-			continue
+	src := &liveSource{ctx: ctx, k: k, skip: skip}
+	defer src.Close()
+	for {
+		rec, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			return recs, src.held, nil
 		}
-		f, err := k.openKernel(ctx, name, os.O_RDONLY)
 		if err != nil {
-			return nil, 0, fmt.Errorf("read %s: %w", name, err)
-		}
-		src, err := listReader(f)
-		if err != nil {
-			f.Close()
 			return nil, 0, err
 		}
-		for {
-			rec, err := src.Next()
-			if errors.Is(err, io.EOF) {
-				break
+		recs = append(recs, rec.Clone())
+	}
+}
+
+// liveSource streams the running kernel's held records: the staged list (7.2) then the
+// current list, SHA1 form, one file open at a time. The first skip records (stored ones)
+// are counted, not returned. Records are valid until the next call.
+type liveSource struct {
+	ctx  context.Context
+	k    *Kernel
+	skip uint64
+	held uint64 // records read so far, skipped ones included
+	next int    // index into the file names
+	f    *os.File
+	src  *serialize.BinaryReader
+	done bool
+}
+
+func (l *liveSource) Next() (*serialize.Record, error) {
+	for {
+		if l.done {
+			return nil, io.EOF
+		}
+		if l.src == nil {
+			names := []string{l.k.Staged, l.k.List}
+			if l.next >= len(names) {
+				l.done = true
+				continue
 			}
+			name := names[l.next]
+			l.next++
+			if name == "" {
+				continue
+			}
+			f, err := l.k.openKernel(l.ctx, name, os.O_RDONLY)
+			if err != nil {
+				return nil, fmt.Errorf("read %s: %w", name, err)
+			}
+			src, err := listReader(f)
 			if err != nil {
 				f.Close()
-				return nil, 0, fmt.Errorf("read %s: %w", name, err)
+				return nil, err
 			}
-			held++
-			if held > skip {
-				recs = append(recs, rec.Clone())
-			}
+			l.f, l.src = f, src
 		}
-		f.Close()
+		rec, err := l.src.Next()
+		if errors.Is(err, io.EOF) {
+			l.Close()
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", l.f.Name(), err)
+		}
+		l.held++
+		if l.held > l.skip {
+			return rec, nil
+		}
 	}
-	return recs, held, nil
+}
+
+// Close closes the open list file.
+func (l *liveSource) Close() {
+	if l != nil && l.f != nil {
+		l.f.Close()
+		l.f, l.src = nil, nil
+	}
+}
+
+// gap reports, once the list is read, a kernel that holds fewer records than the store
+// says it held at the last drain: records deleted by something other than imakexec.
+func (l *liveSource) gap() error {
+	if l == nil || !l.done || l.held >= l.skip {
+		return nil
+	}
+	return fmt.Errorf("%w: the kernel holds %d records, fewer than the %d stored ones it held at the last drain: records were deleted by something other than imakexec", ErrGap, l.held, l.skip)
 }
 
 // lastBootAggregate is the index of the last boot_aggregate record, -1 if none.
@@ -326,25 +382,12 @@ func (s *sliceSource) Next() (*serialize.Record, error) {
 	return &s.recs[s.i-1], nil
 }
 
-// touched lists the PCRs records extend.
-func touched(sets ...[]serialize.Record) map[uint32]bool {
-	out := map[uint32]bool{}
-	for _, recs := range sets {
-		for i := range recs {
-			out[recs[i].PCR] = true
-		}
-	}
-	return out
-}
-
-// restrict keeps the expected values of the given PCRs in the given banks.
-func restrict(v serialize.PCRValues, pcrs map[uint32]bool, banks []serialize.Bank) serialize.PCRValues {
-	out := serialize.PCRValues{}
-	for p := range pcrs {
-		for _, b := range banks {
-			if d := v.Get(p, b.Name); d != nil {
-				out.Set(p, b.Name, d)
-			}
+// touchedOf is a set of PCRs as a mask indexed by PCR.
+func touchedOf(set map[uint32]bool) []bool {
+	out := make([]bool, serialize.MaxPCR)
+	for p := range set {
+		if p < serialize.MaxPCR {
+			out[p] = true
 		}
 	}
 	return out
@@ -352,8 +395,11 @@ func restrict(v serialize.PCRValues, pcrs map[uint32]bool, banks []serialize.Ban
 
 // planJoin finds the one join of the store's chain (whose replayed state is chainState),
 // the live list and the reconstructable window records that replays to the TPM's PCRs.
+//
+// Every candidate is proven by the one trust rule (prover): every PCR its records extend,
+// in every bank the expectation compares.
 func planJoin(s *Store, live []serialize.Record, chainState serialize.PCRValues, chainTouched map[uint32]bool,
-	tpm serialize.PCRValues, banks []serialize.Bank, scheme serialize.Scheme, w *WindowInputs) (*joinPlan, error) {
+	e *expectation, scheme serialize.Scheme, w *WindowInputs) (*joinPlan, error) {
 	p := &joinPlan{chainLen: s.Records()}
 	boots := s.Boots()
 	if len(boots) > 0 {
@@ -385,33 +431,41 @@ func planJoin(s *Store, live []serialize.Record, chainState serialize.PCRValues,
 	if err != nil {
 		return nil, err
 	}
-	// A reconstructed record the kernel carried anyway is not a candidate.
-	pcrs := touched(p.windowCarried, rest)
-	for k := range chainTouched {
-		pcrs[k] = true
-	}
-	for _, c := range cands {
-		for k := range touched(c.recs) {
-			pcrs[k] = true
-		}
-	}
-	expected := restrict(tpm, pcrs, banks)
 	var firstErr error
 	for _, c := range cands {
 		p.candidates++
-		r, err := serialize.NewReplayer(serialize.ReplayOptions{Banks: banks, Scheme: scheme, Order: storeOrder, Start: chainState, DigestBank: &serialize.SHA1})
+		r, err := e.newReplayer(scheme, chainState)
 		if err != nil {
 			return nil, err
 		}
-		if err := r.AddAll(&sliceSource{recs: p.windowCarried}); err != nil {
-			return nil, fmt.Errorf("carried records: %w", err)
+		pr, err := newProver(r, e, chainTouched)
+		if err != nil {
+			return nil, err
 		}
-		if err := r.AddAll(&sliceSource{recs: c.recs}); err != nil {
+		for i := range p.windowCarried {
+			if err := pr.add(&p.windowCarried[i]); err != nil {
+				return nil, fmt.Errorf("carried records: %w", err)
+			}
+		}
+		ok := true
+		for i := range c.recs {
+			if err := pr.add(&c.recs[i]); err != nil {
+				if errors.Is(err, ErrUncovered) {
+					return nil, err
+				}
+				ok = false
+				break
+			}
+		}
+		if !ok {
 			continue
 		}
 		src := &sliceSource{recs: rest}
-		v, err := r.AddUntil(src, expected)
+		v, err := pr.until(src)
 		if err != nil {
+			if errors.Is(err, ErrUncovered) {
+				return nil, err
+			}
 			if firstErr == nil {
 				firstErr = err
 			}

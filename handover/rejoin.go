@@ -41,8 +41,10 @@ type RejoinResult struct {
 	Join          *Join  // what was joined (nil for a new chain or an earlier join)
 	Description   string // human-readable join
 	Drain         *DrainResult
-	Verify        *VerifyResult
-	proof         *VerifyResult // the join's own proof, made under the store lock
+	// Verify is the proof of the whole chain; when it does not verify, Rejoin returns a
+	// *NotVerifiedError carrying the partial result instead.
+	Verify *Verified
+	proof  *Verified // the join's own proof, made under the store lock
 }
 
 // Rejoin joins the running kernel's list to the store's chain, once per boot, early: it
@@ -88,9 +90,6 @@ func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
 		}
 	}
 	res.Verify = v
-	if !v.Verified {
-		return res, fmt.Errorf("%w: %w", ErrNotVerified, v.Err)
-	}
 	return res, nil
 }
 
@@ -112,32 +111,40 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 		}
 		res.Archived = dst
 	}
-	if !s.Exists() {
+	if len(s.Segments()) == 0 {
+		// An empty store, or one holding only its header (a first drain that failed after
+		// creating it, e.g. with EBUSY): the running kernel's list starts the chain.
 		res.NewChain = true
 		res.Description = "new chain: the store was empty, the running kernel's list starts it"
 		return nil
 	}
-	if bs := s.Boot(ki.BootID); bs != nil {
+	if s.knowsBoot(ki.BootID) {
 		res.AlreadyJoined = true
-		res.Generation = bs.Generation
+		if bs := s.Boot(ki.BootID); bs != nil {
+			res.Generation = bs.Generation
+		} else {
+			res.Generation = s.joinOf(ki.BootID).Generation
+		}
 		res.Description = "this boot was joined before"
 		return nil
 	}
-	banks, err := storeBanks(s, o.TPM, k)
+	e, err := tpmExpectation(o.TPM, imaPCRs(s))
 	if err != nil {
 		return err
 	}
-	expected, err := readExpected(o.TPM, banks, imaPCRs(s))
-	if err != nil {
-		return err
+	fail := func(err error) error {
+		return &NotVerifiedError{Result: &VerifyResult{Banks: e.banks, Expected: e.values, NotCompared: e.notCompared}, Err: err}
 	}
-	obs := &observer{tpm: expected}
-	r, err := walkChain(s, banks, obs)
+	if err := e.empty(); err != nil {
+		return fail(err)
+	}
+	obs := &observer{tpm: e.values}
+	r, err := walkChain(s, e.banks, obs)
 	if err != nil {
 		return err
 	}
 	if obs.bootAggErr != nil {
-		return fmt.Errorf("%w: %w", ErrNotVerified, obs.bootAggErr)
+		return fail(obs.bootAggErr)
 	}
 	scheme, _ := serialize.ParseScheme(ki.Scheme())
 	live, _, err := readLive(ctx, k, 0)
@@ -145,8 +152,11 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 		return err
 	}
 	chainState := r.State()
-	plan, err := planJoin(s, live, chainState, obs.pcrs, expected, banks, scheme, o.Window)
+	plan, err := planJoin(s, live, chainState, obs.pcrs, e, scheme, o.Window)
 	if err != nil {
+		if errors.Is(err, ErrUncovered) {
+			return fail(err)
+		}
 		return err
 	}
 	// The join was proven by replaying the whole chain, the window records and the live
@@ -156,18 +166,18 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 		obs.see(plan.chainLen+uint64(i), &joined[i])
 	}
 	if obs.bootAggErr != nil {
-		return fmt.Errorf("%w: %w", ErrNotVerified, obs.bootAggErr)
+		return fail(obs.bootAggErr)
 	}
 	// The join's replayer started from the chain's state: it counts the joined records only.
-	res.proof = &VerifyResult{Verified: true, Records: plan.chainLen + uint64(plan.verified.Records), Stored: plan.chainLen,
-		Live: plan.verified.Records, Extra: plan.extra, PCRs: plan.verified.PCRs, Expected: expected,
-		Banks: banks, Boundaries: obs.boundaries, Warnings: obs.gaps()}
+	res.proof = &Verified{VerifyResult{Records: plan.chainLen + uint64(plan.verified.Records), Stored: plan.chainLen,
+		Live: plan.verified.Records, Extra: plan.extra, PCRs: plan.verified.PCRs, Expected: e.values,
+		Banks: e.banks, Boundaries: obs.boundaries, Warnings: obs.gaps(), NotCompared: e.notCompared}}
 	gen := plan.prev.Generation + 1
 	j := &Join{
 		BootID: ki.BootID, Generation: gen, PrevBootID: plan.prev.BootID,
 		KernelCarried: plan.carried, Duplicated: plan.dup, Reconstructed: uint64(len(plan.reconstructed.recs)),
 		BootAggregateSeq: plan.bootAggSeq, Candidate: plan.describe(), Candidates: plan.candidates,
-		PCRs: pcrsJSON(restrict(expected, obs.pcrs, banks)),
+		PCRs: pcrsJSON(e.target(touchedOf(obs.pcrs))),
 	}
 	res.Join, res.Description, res.Generation = j, j.Candidate, gen
 
@@ -261,11 +271,17 @@ func (s *Store) writeSegment(sg Segment, recs []serialize.Record, bootStart stri
 	sum := sha256.Sum256(data)
 	sg.SHA256 = hex.EncodeToString(sum[:])
 	sg.BootHash, sg.BootSum = bh.state(), bh.sum()
+	// The recorded values are in the header's banks, as drain records them (a hint for
+	// status and for the next join; a verdict compares the TPM's banks).
+	state := dupPCRs
 	if r != nil {
-		sg.PCRs = pcrsJSON(r.State())
-	} else {
-		sg.PCRs = pcrsJSON(dupPCRs)
+		state = r.State()
 	}
+	banks, err := headerBanks(s.Header())
+	if err != nil {
+		return nil, err
+	}
+	sg.PCRs = pcrsJSON(onlyBanks(state, banks))
 	final := filepath.Join(s.dir, sg.File)
 	if err := writeFileAtomic(final, data); err != nil {
 		return nil, fmt.Errorf("store: write segment: %w", err)
@@ -282,4 +298,17 @@ func (s *Store) writeSegment(sg Segment, recs []serialize.Record, bootStart stri
 		return nil, err
 	}
 	return &sg, nil
+}
+
+// onlyBanks keeps the values of v in the given banks.
+func onlyBanks(v serialize.PCRValues, banks []serialize.Bank) serialize.PCRValues {
+	out := serialize.PCRValues{}
+	for p, m := range v {
+		for _, b := range banks {
+			if d, ok := m[b.Name]; ok {
+				out.Set(p, b.Name, d)
+			}
+		}
+	}
+	return out
 }

@@ -55,14 +55,11 @@ func (e *kenv) rejoin(w *WindowInputs) (*RejoinResult, error) {
 
 // mustVerify checks the whole chain strictly: verified, no record after the proof, the
 // store consistent, and the records proven equal to every extend the TPM received.
-func (e *kenv) mustVerify(what string) *VerifyResult {
+func (e *kenv) mustVerify(what string) *Verified {
 	e.t.Helper()
 	v, err := Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()})
 	if err != nil {
 		e.t.Fatalf("%s: verify: %v", what, err)
-	}
-	if !v.Verified {
-		e.t.Fatalf("%s: not verified: %v", what, v.Err)
 	}
 	if v.Extra != 0 {
 		e.t.Fatalf("%s: %d records after the proven prefix", what, v.Extra)
@@ -110,9 +107,9 @@ func runRejoinScenario(t *testing.T, sc rejoinScenario) {
 			if !errors.As(err, &je) || !strings.Contains(err.Error(), "carried nothing") {
 				t.Fatalf("kexec %d: want a JoinError naming the uncarried records, got %v", i, err)
 			}
-			v, verr := Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()})
-			if verr != nil || v.Verified {
-				t.Fatalf("kexec %d: verify after a failed join: verified=%v err=%v", i, v != nil && v.Verified, verr)
+			_, cause, verr := verdictOf(Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()}))
+			if verr != nil || cause == nil {
+				t.Fatalf("kexec %d: verify after a failed join: verified=%v err=%v", i, cause == nil, verr)
 			}
 			return
 		}
@@ -192,9 +189,9 @@ func TestRejoinColdBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.work(3)
-	v, err := Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()})
-	if err != nil || v.Verified || !errors.Is(v.Err, ErrBindingMismatch) {
-		t.Fatalf("verify of the old store after a cold boot: %+v %v", v, err)
+	v, cause, err := verdictOf(Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()}))
+	if err != nil || !errors.Is(cause, ErrBindingMismatch) {
+		t.Fatalf("verify of the old store after a cold boot: %+v %v %v", v, cause, err)
 	}
 	r, err := e.rejoin(nil)
 	if err != nil {

@@ -30,13 +30,9 @@ func (s *Store) Check() (*CheckResult, error) {
 	if h == nil {
 		return res, nil
 	}
-	var banks []serialize.Bank
-	for _, n := range h.Banks {
-		b, err := serialize.ParseBank(n)
-		if err != nil {
-			return nil, &TamperError{File: manifestName, Line: 1, What: err.Error()}
-		}
-		banks = append(banks, b)
+	banks, err := headerBanks(h)
+	if err != nil {
+		return nil, err
 	}
 	segs := s.Segments()
 	lineOf := map[int]int{}
@@ -166,4 +162,19 @@ func pcrsEqual(a, b serialize.PCRValues) bool {
 		}
 	}
 	return true
+}
+
+// headerBanks parses the banks the manifest header lists: the banks the store's recorded
+// PCR values are in. They are a hint (what a verdict compares comes from the TPM); a bank
+// name that does not parse is tampering.
+func headerBanks(h *Header) ([]serialize.Bank, error) {
+	var out []serialize.Bank
+	for _, n := range h.Banks {
+		b, err := serialize.ParseBank(n)
+		if err != nil {
+			return nil, &TamperError{File: manifestName, Line: 1, What: err.Error()}
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }

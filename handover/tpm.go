@@ -18,7 +18,7 @@ import (
 const DefaultTPM = "/dev/tpmrm0"
 
 // ErrNoTPM is returned when the TPM cannot be opened; without a TPM nothing imakexec stores
-// can be verified (spec §13 item 13).
+// can be verified.
 var ErrNoTPM = errors.New("no TPM")
 
 // OpenTPM opens a TPM: a character device path (default /dev/tpmrm0), or "unix:PATH" for a
@@ -56,9 +56,25 @@ func ReadClock(t transport.TPM) (resetCount, restartCount uint32, err error) {
 	return ci.ResetCount, ci.RestartCount, nil
 }
 
-// ActiveBanks returns the TPM's PCR banks that have at least one PCR allocated
-// (TPM2_GetCapability TPM_CAP_PCRS), in the TPM's order.
-func ActiveBanks(t transport.TPM) ([]serialize.Bank, error) {
+// BankAllocation is one PCR bank of the TPM and the PCRs allocated in it.
+type BankAllocation struct {
+	Bank serialize.Bank
+	// PCRs[i] reports whether PCR i is allocated in this bank.
+	PCRs [serialize.MaxPCR]bool
+	// Err is set for an algorithm this package does not know the digest size of.
+	Err error
+	Alg uint16
+}
+
+// Any reports whether the bank has at least one PCR allocated.
+func (a *BankAllocation) Any() bool { return slices.Contains(a.PCRs[:], true) }
+
+// PCRAllocation returns the TPM's PCR banks and the PCRs allocated in each
+// (TPM2_GetCapability TPM_CAP_PCRS), in the TPM's order. The kernel learns its banks the same
+// way (tpm2_get_pcr_allocation) and extends every allocated bank for every record
+// (ima_pcr_extend -> tpm_pcr_extend, 7.2), so this, not the store, says what a verdict
+// compares.
+func PCRAllocation(t transport.TPM) ([]BankAllocation, error) {
 	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapPCRs, PropertyCount: 1}.Execute(t)
 	if err != nil {
 		return nil, fmt.Errorf("TPM2_GetCapability(PCRS): %w", err)
@@ -67,16 +83,34 @@ func ActiveBanks(t transport.TPM) ([]serialize.Bank, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TPM2_GetCapability(PCRS): %w", err)
 	}
-	var out []serialize.Bank
+	var out []BankAllocation
 	for _, s := range sel.PCRSelections {
-		if !slices.ContainsFunc(s.PCRSelect, func(b byte) bool { return b != 0 }) {
-			continue
+		a := BankAllocation{Alg: uint16(s.Hash)}
+		for byteI, bits := range s.PCRSelect {
+			for bit := 0; bit < 8; bit++ {
+				if p := byteI*8 + bit; bits&(1<<bit) != 0 && p < serialize.MaxPCR {
+					a.PCRs[p] = true
+				}
+			}
 		}
-		b, err := serialize.BankByTPMAlg(uint16(s.Hash), 0)
-		if err != nil {
-			continue // an algorithm without known size: not usable for replay
+		a.Bank, a.Err = serialize.BankByTPMAlg(uint16(s.Hash), 0)
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// ActiveBanks returns the TPM's PCR banks that have at least one PCR allocated, in the
+// TPM's order; algorithms of unknown digest size are left out.
+func ActiveBanks(t transport.TPM) ([]serialize.Bank, error) {
+	alloc, err := PCRAllocation(t)
+	if err != nil {
+		return nil, err
+	}
+	var out []serialize.Bank
+	for _, a := range alloc {
+		if a.Any() && a.Err == nil {
+			out = append(out, a.Bank)
 		}
-		out = append(out, b)
 	}
 	return out, nil
 }

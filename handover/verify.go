@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -27,39 +26,59 @@ type VerifyOptions struct {
 	Window *WindowInputs
 }
 
-// VerifyResult is the outcome of Verify. Verified is true only when the whole chain (the
-// store, then the running kernel's list) replays to the expected PCRs in every bank and
-// every boot_aggregate matches PCRs 0-9.
+// VerifyResult is what a verify found: the whole result when the chain verifies (inside a
+// *Verified), the partial one when it does not (inside a *NotVerifiedError).
 type VerifyResult struct {
-	Verified   bool
 	Records    uint64 // records proven: the store's chain plus the live prefix
 	Stored     uint64 // of those, in the store
 	Live       int    // of those, from the running kernel's list
 	Extra      int    // live records after the matching prefix (measured after the PCR read)
 	PCRs       serialize.PCRValues
 	Expected   serialize.PCRValues
-	Banks      []serialize.Bank
+	Banks      []serialize.Bank // the banks compared: the TPM's (or the given values')
 	Boundaries []Boundary
 	Warnings   []string
+	// NotCompared names every TPM bank (or PCR of a bank) the verdict does not compare, and
+	// why (an algorithm imakexec cannot compute, a PCR the TPM has not allocated there).
+	NotCompared []string
 	// Join describes the join made in memory when rejoin had not joined this boot yet.
 	Join string
-	// Err says why the chain does not verify (a *serialize.ReplayError, *TamperError,
-	// *JoinError, *serialize.BootAggregateError, or ErrBindingMismatch).
-	Err error
 }
 
+// Verified is the proof that a chain replays to the TPM: the store, then the running
+// kernel's list, in every compared bank and every PCR a record extends, with every
+// boot_aggregate matching PCRs 0-9. Only Verify and Rejoin make one.
+type Verified struct {
+	VerifyResult
+}
+
+// NotVerifiedError says why a chain does not verify, with what was found up to there. It
+// matches ErrNotVerified and its cause (a *serialize.ReplayError, *TamperError, *JoinError,
+// *serialize.BootAggregateError, ErrBindingMismatch, ErrGap or ErrUncovered).
+type NotVerifiedError struct {
+	Result *VerifyResult
+	Err    error
+}
+
+func (e *NotVerifiedError) Error() string { return ErrNotVerified.Error() + ": " + e.Err.Error() }
+
+func (e *NotVerifiedError) Unwrap() []error { return []error{ErrNotVerified, e.Err} }
+
 // Verify replays the store and the running kernel's list against the TPM (or the given PCR
-// values) in every bank the store replays. A chain that does not verify is reported in the
-// result, not as an error; the error is for what kept the check from running.
-func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
+// values) in every bank the TPM has allocated, and every PCR any record extends. It returns
+// the proof, or a *NotVerifiedError when the chain does not verify; any other error is
+// about what kept the check from running.
+func Verify(ctx context.Context, o VerifyOptions) (*Verified, error) {
 	if o.StoreDir == "" {
 		o.StoreDir = DefaultStoreDir
 	}
+	res := &VerifyResult{}
+	fail := func(err error) (*Verified, error) { return nil, &NotVerifiedError{Result: res, Err: err} }
 	s, err := OpenStore(o.StoreDir)
 	if err != nil {
 		var te *TamperError
 		if errors.As(err, &te) {
-			return &VerifyResult{Err: err}, nil
+			return fail(err)
 		}
 		return nil, err
 	}
@@ -78,39 +97,32 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &VerifyResult{}
 	if h := s.Header(); h != nil && o.TPM != nil {
 		reset, _, err := ReadClock(o.TPM)
 		if err != nil {
 			return nil, err
 		}
 		if reset != h.TPM.ResetCount {
-			res.Err = fmt.Errorf("%w: the store was made in TPM power cycle %d, the TPM is in %d (a cold boot happened); the next drain or rejoin archives it", ErrBindingMismatch, h.TPM.ResetCount, reset)
-			return res, nil
+			return fail(fmt.Errorf("%w: the store was made in TPM power cycle %d, the TPM is in %d (a cold boot happened); the next drain or rejoin archives it", ErrBindingMismatch, h.TPM.ResetCount, reset))
 		}
 	}
-	if res.Banks, err = storeBanks(s, o.TPM, k); err != nil {
+	// The PCRs are read before the list: records measured in between make the list run
+	// ahead of them, never behind (IMA extends the TPM in list order under ima_extend_list_mutex).
+	e, err := newExpectation(o.TPM, o.PCRs, s)
+	if err != nil {
 		return nil, err
 	}
-	expected := o.PCRs
-	if expected == nil {
-		if o.TPM == nil {
-			return nil, fmt.Errorf("%w: verify needs a TPM or PCR values", ErrNoTPM)
-		}
-		if expected, err = readExpected(o.TPM, res.Banks, imaPCRs(s)); err != nil {
-			return nil, err
-		}
+	res.Banks, res.Expected = e.banks, e.values
+	defer func() { res.NotCompared = e.notCompared }()
+	if err := e.empty(); err != nil {
+		return fail(err)
 	}
-	res.Expected = expected
-	// The PCRs are read before the list: records measured in between make the list run
-	// ahead of them, never behind (spec §6.4).
-	obs := &observer{tpm: expected}
-	r, err := walkChain(s, res.Banks, obs)
+	obs := &observer{tpm: e.values}
+	r, err := walkChain(s, e.banks, obs)
 	if err != nil {
 		var te *TamperError
 		if errors.As(err, &te) {
-			res.Err = err
-			return res, nil
+			return fail(err)
 		}
 		return nil, err
 	}
@@ -118,71 +130,81 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	scheme, _ := serialize.ParseScheme(ki.Scheme())
 	r.SetScheme(scheme)
 	obs.scheme = scheme
+	pr, err := newProver(r, e, obs.pcrs)
+	if err != nil {
+		return fail(err)
+	}
 
-	var tail []serialize.Record
-	if bs := s.Boot(ki.BootID); bs != nil {
-		// Joined already: the kernel's first Retained held records are stored ones.
-		var held uint64
-		if tail, held, err = readLive(ctx, k, bs.Retained); err != nil {
-			return nil, err
+	var (
+		tail serialize.Source
+		live *liveSource
+	)
+	if bs := s.Boot(ki.BootID); bs != nil || !s.Exists() {
+		// Joined already (the kernel's first Retained held records are stored ones), or a
+		// new chain: the live list is streamed.
+		var skip uint64
+		if bs != nil {
+			skip = bs.Retained
 		}
-		if held < bs.Retained {
-			res.Err = fmt.Errorf("%w: the kernel holds %d records, fewer than the %d stored ones it held at the last drain: records were deleted by something other than imakexec", ErrGap, held, bs.Retained)
-			return res, nil
-		}
+		live = &liveSource{ctx: ctx, k: k, skip: skip}
+		defer live.Close()
+		tail = live
 	} else {
-		live, _, err := readLive(ctx, k, 0)
+		recs, _, err := readLive(ctx, k, 0)
 		if err != nil {
 			return nil, err
 		}
-		tail = live
-		if s.Exists() {
-			plan, err := planJoin(s, live, r.State(), obs.pcrs, expected, res.Banks, scheme, o.Window)
-			if err != nil {
-				var je *JoinError
-				if errors.As(err, &je) {
-					res.Err = err
-					return res, nil
-				}
-				return nil, err
+		plan, err := planJoin(s, recs, r.State(), obs.pcrs, e, scheme, o.Window)
+		if err != nil {
+			var je *JoinError
+			if errors.As(err, &je) || errors.Is(err, ErrUncovered) {
+				return fail(err)
 			}
-			res.Join = plan.describe() + " (not yet stored: run imakexec rejoin)"
-			tail = append(append(append([]serialize.Record{}, plan.windowCarried...), plan.reconstructed.recs...), live[plan.carried:]...)
-			res.Warnings = append(res.Warnings, "this boot has not been joined to the store yet; the join was proven in memory only")
+			return nil, err
 		}
+		res.Join = plan.describe() + " (not yet stored: run imakexec rejoin)"
+		tail = &sliceSource{recs: append(append(append([]serialize.Record{}, plan.windowCarried...), plan.reconstructed.recs...), recs[plan.carried:]...)}
+		res.Warnings = append(res.Warnings, "this boot has not been joined to the store yet; the join was proven in memory only")
 	}
-	pcrs := touched(tail)
-	for p := range obs.pcrs {
-		pcrs[p] = true
+	ob := &observed{src: tail, obs: obs, seq: res.Stored}
+	v, err := pr.until(ob)
+	if lerr := live.gap(); lerr != nil {
+		return fail(lerr)
 	}
-	want := restrict(expected, pcrs, res.Banks)
-	ob := &observed{src: &sliceSource{recs: tail}, obs: obs, seq: res.Stored}
-	v, err := r.AddUntil(ob, want)
 	if err != nil {
-		res.Err = err
-		res.PCRs = restrict(r.State(), pcrs, res.Banks)
-		return res, nil
+		if errors.Is(err, ErrUncovered) || isReplayFailure(err) {
+			res.PCRs = r.State()
+			return fail(err)
+		}
+		return nil, err
 	}
 	res.Live = v.Records - int(res.Stored)
-	res.Extra = len(tail) - res.Live
 	res.Records = uint64(v.Records)
-	res.PCRs = restrict(v.PCRs, pcrs, res.Banks)
-	if res.Extra > 0 && o.TPM != nil && o.PCRs == nil {
-		// Records after the proven prefix were measured after the PCR read, or are not
-		// genuine (a record counted twice would also sit there). Read the PCRs again: if
-		// the whole list replays to them now, it is proven too.
-		if err := r.AddAll(ob); err != nil {
+	res.PCRs = v.PCRs
+	// Records after the proven prefix were measured after the PCR read, or are not genuine
+	// (a record counted twice would also sit there).
+	if res.Extra, err = pr.rest(ob); err != nil {
+		if errors.Is(err, ErrUncovered) || isReplayFailure(err) {
+			return fail(err)
+		}
+		return nil, err
+	}
+	if lerr := live.gap(); lerr != nil {
+		return fail(lerr)
+	}
+	if res.Extra > 0 && e.tpm != nil {
+		// Read the PCRs again: if the whole list replays to them now, it is proven too.
+		if err := e.read(); err != nil {
 			return nil, err
 		}
-		again, err := readExpected(o.TPM, res.Banks, imaPCRs(s))
-		if err != nil {
+		if err := pr.arm(); err != nil {
 			return nil, err
 		}
-		if _, err := r.Result().Verify(restrict(again, pcrs, res.Banks)); err == nil {
+		if v, ok := pr.proven(); ok {
 			res.Live += res.Extra
 			res.Records += uint64(res.Extra)
 			res.Extra = 0
-			res.PCRs = restrict(r.State(), pcrs, res.Banks)
+			res.PCRs = v.PCRs
 		} else {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%d records after the proven prefix are not proven: measured after the PCR read (verify again), or not extended into the TPM", res.Extra))
 		}
@@ -190,35 +212,44 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	res.Boundaries = obs.boundaries
 	res.Warnings = append(res.Warnings, obs.gaps()...)
 	if obs.bootAggErr != nil {
-		res.Err = obs.bootAggErr
-		return res, nil
+		return fail(obs.bootAggErr)
 	}
-	res.Verified = true
-	return res, nil
+	res.NotCompared = e.notCompared
+	return &Verified{VerifyResult: *res}, nil
 }
 
-// storeBanks are the banks the store replays, or for a new store the banks a drain would
-// pick.
-func storeBanks(s *Store, t transport.TPM, k *Kernel) ([]serialize.Bank, error) {
-	if h := s.Header(); h != nil {
-		var out []serialize.Bank
-		for _, n := range h.Banks {
-			b, err := serialize.ParseBank(n)
-			if err != nil {
-				return nil, &TamperError{File: manifestName, Line: 1, What: err.Error()}
-			}
-			out = append(out, b)
-		}
-		return out, nil
+// newExpectation builds what a verdict compares: the given values, else the TPM's. The
+// store only hints which PCRs IMA extends, so they are read together.
+func newExpectation(t transport.TPM, given serialize.PCRValues, s *Store) (*expectation, error) {
+	if given != nil {
+		return valuesExpectation(given)
 	}
 	if t == nil {
-		return []serialize.Bank{serialize.SHA1, serialize.SHA256}, nil
+		return nil, fmt.Errorf("%w: verify needs a TPM or PCR values", ErrNoTPM)
 	}
-	return defaultBanks(t, k)
+	return tpmExpectation(t, imaPCRs(s))
 }
 
-// imaPCRs are the PCRs IMA extends: those the store's chain touched, and the default
-// CONFIG_IMA_MEASURE_PCR_IDX.
+// isReplayFailure reports a replay that ran but does not match or does not parse as a
+// chain (as opposed to an I/O error).
+func isReplayFailure(err error) bool {
+	var re *serialize.ReplayError
+	var te *TamperError
+	return errors.As(err, &re) || errors.As(err, &te) || errors.Is(err, serialize.ErrMismatch) || errors.Is(err, serialize.ErrDigestMismatch)
+}
+
+// storeBanks are the banks the store's header lists (a hint), or for an empty store SHA1
+// and SHA256.
+func storeBanks(s *Store, _ transport.TPM, _ *Kernel) ([]serialize.Bank, error) {
+	if h := s.Header(); h != nil {
+		return headerBanks(h)
+	}
+	return []serialize.Bank{serialize.SHA1, serialize.SHA256}, nil
+}
+
+// imaPCRs are the PCRs IMA is expected to extend, read from the TPM in one command: the
+// default CONFIG_IMA_MEASURE_PCR_IDX and those the store says its chain touched (a hint:
+// every other PCR is read too, and every PCR a record extends is compared).
 func imaPCRs(s *Store) []uint32 {
 	set := map[uint32]bool{10: true}
 	if segs := s.ChainSegments(); len(segs) > 0 {
@@ -233,41 +264,5 @@ func imaPCRs(s *Store) []uint32 {
 		out = append(out, p)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
-}
-
-// readExpected reads PCRs 0-9 (for the boot_aggregates; they do not change while the
-// kernel runs) and then the IMA PCRs in as few TPM2_PCR_Read commands as the TPM allows
-// (8 digests each): one command for PCR 10 in up to eight banks. IMA extends every bank
-// of a record under one lock, so a single read of them is a consistent point of the
-// log; values spread over several commands could straddle a record (spec §6.4).
-func readExpected(t transport.TPM, banks []serialize.Bank, ima []uint32) (serialize.PCRValues, error) {
-	var base []uint32
-	for p := uint32(0); p < 10; p++ {
-		if !slices.Contains(ima, p) {
-			base = append(base, p)
-		}
-	}
-	out, err := ReadPCRs(t, banks, base)
-	if err != nil {
-		return nil, err
-	}
-	v, err := ReadPCRs(t, banks, ima)
-	if err != nil {
-		return nil, err
-	}
-	for p, m := range v {
-		for b, d := range m {
-			out.Set(p, b, d)
-		}
-	}
-	return out, nil
-}
-
-func allPCRs() []uint32 {
-	out := make([]uint32, serialize.MaxPCR)
-	for i := range out {
-		out[i] = uint32(i)
-	}
 	return out
 }

@@ -49,17 +49,29 @@ func twoKexecs(t *testing.T, p kmodel.Profile) *kenv {
 
 func (e *kenv) verifyErr() error {
 	e.t.Helper()
-	v, err := Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()})
+	_, cause, err := verdictOf(Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM()}))
 	if err != nil {
 		e.t.Fatalf("verify could not run: %v", err)
 	}
-	if v.Verified {
-		return nil
+	return cause
+}
+
+// verdictOf splits Verify's answer: the result (partial when it does not verify), why it
+// does not verify (nil when it does), and an error that kept it from running.
+func verdictOf(v *Verified, err error) (*VerifyResult, error, error) {
+	var nv *NotVerifiedError
+	switch {
+	case errors.As(err, &nv):
+		if nv.Err == nil || nv.Result == nil {
+			return nil, nil, fmt.Errorf("not verified without a reason or result: %#v", nv)
+		}
+		return nv.Result, nv.Err, nil
+	case err != nil:
+		return nil, nil, err
+	case v == nil:
+		return nil, nil, errors.New("no proof and no error")
 	}
-	if v.Err == nil {
-		e.t.Fatal("not verified without a reason")
-	}
-	return v.Err
+	return &v.VerifyResult, nil, nil
 }
 
 // TestVerifyFaults: every kind of damage to the store is caught and named; verify never
@@ -333,7 +345,7 @@ func TestVerifyRecordsAfterPCRRead(t *testing.T) {
 			// The record lands after the first PCR_Read; when stale, a repeated PCR_Read
 			// gets its first answer again.
 			v, err := Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, TPM: &racingTPM{e: e, stale: stale}})
-			if err != nil || !v.Verified {
+			if err != nil {
 				t.Fatalf("verify: %+v %v", v, err)
 			}
 			if stale {
@@ -345,4 +357,25 @@ func TestVerifyRecordsAfterPCRRead(t *testing.T) {
 			}
 		})
 	}
+}
+
+func allPCRs() []uint32 {
+	out := make([]uint32, serialize.MaxPCR)
+	for i := range out {
+		out[i] = uint32(i)
+	}
+	return out
+}
+
+// restrict keeps the values of the given PCRs in the given banks.
+func restrict(v serialize.PCRValues, pcrs map[uint32]bool, banks []serialize.Bank) serialize.PCRValues {
+	out := serialize.PCRValues{}
+	for p := range pcrs {
+		for _, b := range banks {
+			if d := v.Get(p, b.Name); d != nil {
+				out.Set(p, b.Name, d)
+			}
+		}
+	}
+	return out
 }

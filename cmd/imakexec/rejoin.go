@@ -61,7 +61,9 @@ func (c *rejoinCmd) Run(ctx context.Context, env *Env, args []string) error {
 				out["join"] = res.Join
 			}
 			if res.Verify != nil {
-				out["verify"] = verifyJSON(res.Verify)
+				out["verify"] = verifyJSON(&res.Verify.VerifyResult, nil)
+			} else if nv := notVerifiedResult(err); nv != nil {
+				out["verify"] = verifyJSON(nv.Result, nv.Err)
 			}
 		}
 		if err != nil {
@@ -76,7 +78,9 @@ func (c *rejoinCmd) Run(ctx context.Context, env *Env, args []string) error {
 		}
 		fmt.Fprintf(env.Stdout, "boot %s generation %d: %s\n", res.BootID, res.Generation, res.Description)
 		if res.Verify != nil {
-			printVerify(env, res.Verify)
+			printVerify(env, &res.Verify.VerifyResult, nil)
+		} else if nv := notVerifiedResult(err); nv != nil {
+			printVerify(env, nv.Result, nv.Err)
 		}
 	}
 	if err != nil {
@@ -93,4 +97,13 @@ func rejoinExit(err error) error {
 		return notVerified(err)
 	}
 	return err
+}
+
+// notVerifiedResult is the partial result a failed proof carries, nil for other errors.
+func notVerifiedResult(err error) *handover.NotVerifiedError {
+	var nv *handover.NotVerifiedError
+	if errors.As(err, &nv) && nv.Result != nil {
+		return nv
+	}
+	return nil
 }

@@ -63,21 +63,34 @@ func (c *verifyCmd) Run(ctx context.Context, env *Env, args []string) error {
 		}
 		o.Window = windowFromHandoff(h, readCmdline(c.proc))
 	}
-	res, err := handover.Verify(ctx, o)
+	res, cause, err := verdict(handover.Verify(ctx, o))
 	if err != nil {
 		return err
 	}
 	if c.json {
-		if err := writeJSON(env.Stdout, verifyJSON(res)); err != nil {
+		if err := writeJSON(env.Stdout, verifyJSON(res, cause)); err != nil {
 			return err
 		}
 	} else {
-		printVerify(env, res)
+		printVerify(env, res, cause)
 	}
-	if !res.Verified {
-		return notVerified(res.Err)
+	if cause != nil {
+		return notVerified(cause)
 	}
 	return nil
+}
+
+// verdict splits handover.Verify's answer into the result, why it does not verify (nil
+// when it does), and an error that kept the check from running.
+func verdict(v *handover.Verified, err error) (*handover.VerifyResult, error, error) {
+	var nv *handover.NotVerifiedError
+	switch {
+	case errors.As(err, &nv):
+		return nv.Result, nv.Err, nil
+	case err != nil:
+		return nil, nil, err
+	}
+	return &v.VerifyResult, nil, nil
 }
 
 // readPCRSpecs reads [BANK,]FILE values; without a bank the digest size names it.
@@ -113,8 +126,8 @@ func readPCRSpecs(specs []string) (serialize.PCRValues, error) {
 	return v, nil
 }
 
-func verifyJSON(r *handover.VerifyResult) map[string]any {
-	out := map[string]any{"verified": r.Verified, "records": r.Records, "stored": r.Stored, "live": r.Live,
+func verifyJSON(r *handover.VerifyResult, cause error) map[string]any {
+	out := map[string]any{"verified": cause == nil, "records": r.Records, "stored": r.Stored, "live": r.Live,
 		"extra": r.Extra, "pcrs": pcrJSON(r.PCRs), "boundaries": r.Boundaries}
 	var banks []string
 	for _, b := range r.Banks {
@@ -127,28 +140,34 @@ func verifyJSON(r *handover.VerifyResult) map[string]any {
 	if r.Join != "" {
 		out["join"] = r.Join
 	}
-	if r.Err != nil {
-		out["error"] = r.Err.Error()
+	if len(r.NotCompared) > 0 {
+		out["not_compared"] = r.NotCompared
+	}
+	if cause != nil {
+		out["error"] = cause.Error()
 		var re *serialize.ReplayError
-		if errors.As(r.Err, &re) {
+		if errors.As(cause, &re) {
 			out["bank"], out["pcr"], out["record"] = re.Bank, re.PCR, re.Record
 			out["expected"], out["got"] = fmt.Sprintf("%x", re.Expected), fmt.Sprintf("%x", re.Got)
 		}
 		var te *handover.TamperError
-		if errors.As(r.Err, &te) {
+		if errors.As(cause, &te) {
 			out["file"], out["what"] = te.File, te.What
 		}
 	}
 	return out
 }
 
-func printVerify(env *Env, r *handover.VerifyResult) {
-	if r.Verified {
+func printVerify(env *Env, r *handover.VerifyResult, cause error) {
+	if cause == nil {
 		fmt.Fprintf(env.Stdout, "verified: %d records (%d stored, %d live) replay to the TPM in %d banks\n", r.Records, r.Stored, r.Live, len(r.Banks))
 	} else {
-		fmt.Fprintf(env.Stdout, "NOT VERIFIED: %v\n", r.Err)
+		fmt.Fprintf(env.Stdout, "NOT VERIFIED: %v\n", cause)
 	}
 	printPCRs(env.Stdout, r.PCRs, r.Banks)
+	for _, w := range r.NotCompared {
+		fmt.Fprintf(env.Stdout, "not compared: %s\n", w)
+	}
 	for _, w := range r.Warnings {
 		fmt.Fprintf(env.Stdout, "warning: %s\n", w)
 	}
