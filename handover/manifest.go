@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/imakexec/imakexec/serialize"
 )
 
 // ManifestVersion is the version of the manifest format written by this package.
@@ -21,30 +23,60 @@ const (
 	lockName     = "lock"
 )
 
-// Segment sources (design.md "Data model").
+// Source says where a segment's records came from.
+type Source string
+
+// Segment sources.
 const (
-	SourceStaged        = "staged"        // staged with A, read, deleted with D (7.2)
-	SourceDeletedN      = "deleted-n"     // read, deleted with N (7.2)
-	SourceTrimmed       = "trimmed"       // read, trimmed with T:N (ima_trim_log v5)
-	SourceSnapshot      = "snapshot"      // read, nothing deleted
-	SourceCarried       = "carried"       // carried by the kernel across kexec (rejoin)
-	SourceReconstructed = "reconstructed" // rebuilt kexec-window records (rejoin)
-	SourceDuplicate     = "duplicate"     // a carried list head the chain already holds (rejoin)
+	SourceStaged        Source = "staged"        // staged with A, read, deleted with D (7.2)
+	SourceDeletedN      Source = "deleted-n"     // read, deleted with N (7.2)
+	SourceTrimmed       Source = "trimmed"       // read, trimmed with T:N (ima_trim_log v5)
+	SourceSnapshot      Source = "snapshot"      // read, nothing deleted
+	SourceCarried       Source = "carried"       // carried by the kernel across kexec (rejoin)
+	SourceReconstructed Source = "reconstructed" // rebuilt kexec-window records (rejoin)
+	SourceDuplicate     Source = "duplicate"     // a carried list head the chain already holds (rejoin)
 )
+
+// EntryType is the kind of a manifest line.
+type EntryType string
 
 // Entry kinds.
 const (
-	EntryHeader  = "header"
-	EntrySegment = "segment"
-	EntryDeleted = "deleted"
-	EntryJoin    = "join"
+	EntryHeader  EntryType = "header"
+	EntrySegment EntryType = "segment"
+	EntryDeleted EntryType = "deleted"
+	EntryJoin    EntryType = "join"
 )
+
+// Scheme is a segment's extend scheme as the manifest spells it (serialize.Scheme's names).
+type Scheme string
+
+// Extend schemes: per-bank template hashes (5.8+, ima_calc_field_array_hash) or the SHA1
+// template digest padded for every bank (5.1-5.7).
+const (
+	SchemeHash Scheme = "hash"
+	SchemePad  Scheme = "pad"
+)
+
+// schemeOf names a serialize.Scheme.
+func schemeOf(s serialize.Scheme) Scheme { return Scheme(s.String()) }
+
+// Extend parses the scheme; anything but "hash" or "pad" is an error (a tampered manifest).
+func (s Scheme) Extend() (serialize.Scheme, error) {
+	switch s {
+	case SchemeHash:
+		return serialize.SchemeHash, nil
+	case SchemePad:
+		return serialize.SchemePad, nil
+	}
+	return 0, fmt.Errorf("unknown extend scheme %q (want hash or pad)", string(s))
+}
 
 // Entry is one line of the manifest (manifest.jsonl): a JSON object per line. Every line but
 // the first carries Prev, the SHA-256 of the previous line's bytes (without its newline),
 // so a dropped, reordered or edited line breaks the chain where it happened.
 type Entry struct {
-	Type  string    `json:"type"`
+	Type  EntryType `json:"type"`
 	Index int       `json:"index"` // line number, from 0
 	Prev  string    `json:"prev,omitempty"`
 	Time  time.Time `json:"time"`
@@ -113,13 +145,13 @@ type Segment struct {
 	Size     int64    `json:"size"`
 	FirstSeq uint64   `json:"first_seq"` // global sequence number of the first record (from 0)
 	Count    uint64   `json:"count"`
-	Source   string   `json:"source"`
-	Backend  string   `json:"backend"`
+	Source   Source   `json:"source"`
+	Backend  Backend  `json:"backend"`
 	Boot     BootInfo `json:"boot"`
 	// IMAHash is the ima_hash= boot parameter ("" for the kernel's default).
 	IMAHash     string     `json:"ima_hash"`
 	KernelBanks []string   `json:"kernel_banks,omitempty"` // banks with a per-bank list file (6.10+)
-	Scheme      string     `json:"scheme"`                 // extend scheme: "hash" (5.8+) or "pad"
+	Scheme      Scheme     `json:"scheme"`                 // extend scheme: "hash" (5.8+) or "pad"
 	ByteOrder   string     `json:"byte_order"`             // "little" or "big"
 	FlushHtable string     `json:"flush_htable"`           // "on" or "off"
 	TPM         TPMBinding `json:"tpm"`                    // clock read at this drain
@@ -165,10 +197,10 @@ func (s *Segment) End() uint64 { return s.FirstSeq + s.Count }
 // (an index since boot): deleted by D, N or T:N, or (Carried) refused with ESTALE because
 // kexec is under way, so the next kernel will carry them and rejoin must not add them twice.
 type Deletion struct {
-	BootID  string `json:"boot_id"`
-	Through uint64 `json:"through"`
-	Method  string `json:"method"` // backend
-	Carried bool   `json:"carried,omitempty"`
+	BootID  string  `json:"boot_id"`
+	Through uint64  `json:"through"`
+	Method  Backend `json:"method"` // backend
+	Carried bool    `json:"carried,omitempty"`
 	// Resolved marks a deletion found by a later run (a crash came between delete and
 	// manifest update).
 	Resolved bool `json:"resolved,omitempty"`

@@ -9,16 +9,16 @@ import (
 // Status is what `imakexec status` reports. Every part is filled as far as it can be; the
 // Err fields say why a part is missing.
 type Status struct {
-	Securityfs  string   `json:"securityfs"`
-	IMADir      string   `json:"ima_dir,omitempty"`
-	KernelErr   string   `json:"kernel_error,omitempty"`
-	Release     string   `json:"kernel_release,omitempty"`
-	BootID      string   `json:"boot_id,omitempty"`
-	Backend     string   `json:"backend,omitempty"` // what auto would choose
-	Backends    []string `json:"backends,omitempty"`
-	Banks       []string `json:"kernel_banks,omitempty"`
-	Count       int64    `json:"runtime_measurements_count"`
-	FlushHtable string   `json:"ima_flush_htable,omitempty"`
+	Securityfs  string    `json:"securityfs"`
+	IMADir      string    `json:"ima_dir,omitempty"`
+	KernelErr   string    `json:"kernel_error,omitempty"`
+	Release     string    `json:"kernel_release,omitempty"`
+	BootID      string    `json:"boot_id,omitempty"`
+	Backend     Backend   `json:"backend,omitempty"` // what auto would choose
+	Backends    []Backend `json:"backends,omitempty"`
+	Banks       []string  `json:"kernel_banks,omitempty"`
+	Count       int64     `json:"runtime_measurements_count"`
+	FlushHtable string    `json:"ima_flush_htable,omitempty"`
 
 	TPM          string   `json:"tpm"`
 	TPMErr       string   `json:"tpm_error,omitempty"`

@@ -180,7 +180,7 @@ type BootState struct {
 	Deleted uint64
 	Carried bool
 	// DeletedBy splits Deleted by the backend that deleted (or "carried").
-	DeletedBy map[string]uint64
+	DeletedBy map[Backend]uint64
 	// Retained = Stored - Deleted: stored records the kernel still held at the last drain,
 	// at the head of its list. A verifier joining the store with the live list skips them.
 	Retained uint64
@@ -207,11 +207,11 @@ func (s *Store) Boots() []BootState {
 			if i, ok := idx[e.Deleted.BootID]; ok {
 				if e.Deleted.Through > out[i].Deleted {
 					if out[i].DeletedBy == nil {
-						out[i].DeletedBy = map[string]uint64{}
+						out[i].DeletedBy = map[Backend]uint64{}
 					}
 					m := e.Deleted.Method
 					if e.Deleted.Carried {
-						m = "carried"
+						m = deletedCarried
 					}
 					out[i].DeletedBy[m] += e.Deleted.Through - out[i].Deleted
 				}

@@ -115,7 +115,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 		return nil, err
 	}
 	res.Stored = s.Records()
-	scheme, _ := serialize.ParseScheme(ki.Scheme())
+	scheme := ki.Scheme()
 	r.SetScheme(scheme)
 	obs.scheme = scheme
 
