@@ -1,10 +1,14 @@
 package handover
 
 import (
+	"context"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
 )
+
+// statusLockWait bounds how long status waits for a drain to release the store.
+const statusLockWait = 10 * time.Second
 
 // Status is what `imakexec status` reports. Every part is filled as far as it can be; the
 // Err fields say why a part is missing.
@@ -85,11 +89,16 @@ func GetStatus(p Paths, storeDir string, t transport.TPM, tpmName string, tpmErr
 		}
 	}
 	st.Store.Dir = storeDir
-	s, err := OpenStore(storeDir)
-	if err != nil {
+	// The shared lock, so a drain under way is not seen half done; status waits for it a
+	// little, then says who holds it.
+	ctx, cancel := context.WithTimeout(context.Background(), statusLockWait)
+	defer cancel()
+	s := &Store{dir: storeDir}
+	if err := s.RLock(ctx); err != nil {
 		st.Store.Err, st.Store.Error = err.Error(), err
 		return st
 	}
+	defer s.Unlock()
 	st.Store.Archives = s.Archives()
 	if !s.Exists() {
 		return st

@@ -65,7 +65,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	}
 	if s.Exists() {
 		// Serialise with drains so the store and the kernel's list are read consistently.
-		if err := s.Lock(ctx); err != nil {
+		if err := s.RLock(ctx); err != nil {
 			return nil, err
 		}
 		defer s.Unlock()
