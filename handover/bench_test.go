@@ -25,8 +25,8 @@ func BenchmarkDrain(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("IMAKEXEC_BENCH_RECORDS")); err == nil && v > 0 {
 		n = v
 	}
-	for _, backend := range []string{BackendStaged, BackendDeleteN} {
-		b.Run(backend, func(b *testing.B) {
+	for _, backend := range []Backend{BackendStaged, BackendDeleteN} {
+		b.Run(string(backend), func(b *testing.B) {
 			e := newKenv(b, kmodel.Config{Profile: kmodel.Profile72, NoFirmware: true})
 			var listBytes, storeBytes int64
 			var peak atomic.Uint64
@@ -102,7 +102,7 @@ func BenchmarkDrainCLI(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StartTimer()
-				cmd := exec.Command(bin, "--securityfs", e.paths.Securityfs, "--tpm", "unix:"+sock, "drain", "--proc", e.paths.Proc, "--store", e.store, "--backend", BackendStaged)
+				cmd := exec.Command(bin, "--securityfs", e.paths.Securityfs, "--tpm", "unix:"+sock, "drain", "--proc", e.paths.Proc, "--store", e.store, "--backend", string(BackendStaged))
 				cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
 				var ob bytes.Buffer
 				cmd.Stdout, cmd.Stderr = &ob, &ob

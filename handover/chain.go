@@ -158,7 +158,7 @@ func walkChain(s *Store, banks []serialize.Bank, obs *observer) (*serialize.Repl
 	ob := &observed{obs: obs}
 	for src.next() {
 		sg := &segs[src.seg]
-		scheme, err := serialize.ParseScheme(sg.Scheme)
+		scheme, err := sg.Scheme.Extend()
 		if err != nil {
 			return nil, &TamperError{File: manifestName, What: fmt.Sprintf("segment %d: %v", sg.Number, err)}
 		}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 
 	"github.com/imakexec/imakexec/serialize"
-	"golang.org/x/sys/unix"
 )
 
 // Reading the chain back: segment after segment, each checked against its manifest entry.
@@ -112,10 +111,13 @@ func (c *ChainReader) open() error {
 	if filepath.Clean(sg.File) != segmentName(sg.Number) {
 		return &TamperError{File: manifestName, What: fmt.Sprintf("segment %d names file %q, want %q", sg.Number, sg.File, segmentName(sg.Number))}
 	}
-	f, err := openNoFollow(filepath.Join(c.s.dir, sg.File), unix.O_RDONLY, 0)
+	f, err := openStoreFile(c.s.dir, sg.File)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return &TamperError{File: sg.File, What: fmt.Sprintf("segment %d is missing", sg.Number)}
+		}
+		if errors.Is(err, ErrUnsafeStore) {
+			return &TamperError{File: sg.File, What: err.Error()}
 		}
 		return fmt.Errorf("store: %w", err)
 	}
@@ -123,10 +125,6 @@ func (c *ChainReader) open() error {
 	if err != nil {
 		f.Close()
 		return err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return &TamperError{File: sg.File, What: "not a regular file"}
 	}
 	if fi.Size() != sg.Size {
 		f.Close()

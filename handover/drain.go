@@ -39,8 +39,8 @@ var ErrGap = errors.New("records were deleted that the store does not hold")
 // DrainOptions configures Drain.
 type DrainOptions struct {
 	Paths    Paths
-	StoreDir string // default DefaultStoreDir
-	Backend  string // auto (default), staged, delete-n, trim-log, snapshot
+	StoreDir string  // default DefaultStoreDir
+	Backend  Backend // auto (default), staged, delete-n, trim-log, snapshot
 	// TPM is required: the store is bound to its resetCount.
 	TPM transport.TPM
 	// Banks replayed into the manifest when a new store is created; default: the TPM's
@@ -109,7 +109,7 @@ func (k *keeper) add(f WrittenFile) {
 
 // DrainResult says what a drain did.
 type DrainResult struct {
-	Backend    string
+	Backend    Backend
 	StoreDir   string
 	Archived   string // set when a store of another power cycle was archived
 	BootID     string
@@ -209,11 +209,11 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	case BackendStaged:
 		err = d.drainStaged(ctx)
 	case BackendDeleteN:
-		err = d.drainList(ctx, true)
+		err = d.drainList(ctx, listOptions{Delete: true})
 	case BackendTrimLog:
 		err = d.drainTrim(ctx)
 	default:
-		err = d.drainList(ctx, false)
+		err = d.drainList(ctx, listOptions{})
 	}
 	if err != nil {
 		return d.res, err

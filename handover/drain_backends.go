@@ -14,15 +14,23 @@ import (
 // The four ways a drain empties the kernel's list: staged (A, read, D), delete-n (read, N),
 // trim-log (read T, T:N) and snapshot (read only).
 
-// appendDeletion records that the kernel no longer holds this boot's records before through.
-func (d *drainer) appendDeletion(through uint64, carried, resolved bool) error {
-	return d.s.appendEntries([]Entry{{Type: EntryDeleted, Deleted: &Deletion{
-		BootID: d.ki.BootID, Through: through, Method: d.res.Backend, Carried: carried, Resolved: resolved,
-	}}}, nil)
+// appendDeletion records that the kernel no longer holds this boot's records before
+// del.Through (with del.Carried or del.Resolved as the case is); the boot id and method
+// are this drain's.
+func (d *drainer) appendDeletion(del Deletion) error {
+	del.BootID, del.Method = d.ki.BootID, d.res.Backend
+	return d.s.appendEntries([]Entry{{Type: EntryDeleted, Deleted: &del}}, nil)
 }
 
-// deletedCarried is BootState.DeletedBy's key for records carried after ESTALE.
-const deletedCarried = "carried"
+// deletedCarried is BootState.DeletedBy's key for records carried after ESTALE (not a
+// backend: the kernel refused the delete and carries them).
+const deletedCarried Backend = "carried"
+
+// listOptions selects what drainList does after reading.
+type listOptions struct {
+	// Delete writes N (delete-n); without it the list is only read (snapshot).
+	Delete bool
+}
 
 // carried records that a delete met ESTALE: kexec is under way and the next kernel carries
 // this boot's records before through (7.2 carries staged and current records; spec
@@ -32,7 +40,7 @@ func (d *drainer) carried(through uint64) error {
 	if bs := d.s.Boot(d.ki.BootID); bs != nil && bs.Deleted >= through {
 		return nil
 	}
-	return d.appendDeletion(through, true, false)
+	return d.appendDeletion(Deletion{Through: through, Carried: true})
 }
 
 // settle records a deletion point found by resolve when it is past the confirmed one.
@@ -41,12 +49,13 @@ func (d *drainer) settle(v bootView, delPoint uint64) error {
 		return nil
 	}
 	d.res.Resolved += delPoint - v.deleted
-	return d.appendDeletion(delPoint, false, true)
+	return d.appendDeletion(Deletion{Through: delPoint, Resolved: true})
 }
 
 // drainList is the delete-n and snapshot backend: read the original SHA1 list, persist,
 // and (delete-n) write "N\n" to it, all on one O_RDWR file descriptor.
-func (d *drainer) drainList(ctx context.Context, del bool) error {
+func (d *drainer) drainList(ctx context.Context, o listOptions) error {
+	del := o.Delete
 	flag := os.O_RDONLY
 	if del {
 		flag = os.O_RDWR
@@ -100,7 +109,7 @@ func (d *drainer) drainList(ctx context.Context, del bool) error {
 		return err
 	}
 	d.res.Deleted += pr.held
-	return d.appendDeletion(delPoint+pr.held, false, false)
+	return d.appendDeletion(Deletion{Through: delPoint + pr.held})
 }
 
 // drainTrim is the trim-log backend: T from ima_trim_log is the exact deletion point.
@@ -152,7 +161,7 @@ func (d *drainer) drainTrim(ctx context.Context) error {
 		return err
 	}
 	d.res.Deleted += pr.held
-	return d.appendDeletion(delPoint+pr.held, false, false)
+	return d.appendDeletion(Deletion{Through: delPoint + pr.held})
 }
 
 // drainStaged is the staged backend (7.2): on one O_RDWR fd of the SHA1 staged list, A
@@ -242,7 +251,7 @@ func (d *drainer) drainStaged(ctx context.Context) error {
 				return err
 			}
 			d.res.Deleted += pr.held
-			if err := d.appendDeletion(delPoint+pr.held, false, false); err != nil {
+			if err := d.appendDeletion(Deletion{Through: delPoint + pr.held}); err != nil {
 				return err
 			}
 		}

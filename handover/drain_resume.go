@@ -16,7 +16,7 @@ import (
 type boundary struct {
 	at     uint64
 	state  string
-	source string
+	source Source
 }
 
 // bootView is the store's view of the running kernel.
@@ -24,7 +24,7 @@ type bootView struct {
 	stored, deleted uint64
 	sum             string // boot hash sum at stored
 	bounds          []boundary
-	lastSource      string
+	lastSource      Source
 }
 
 func (d *drainer) view() bootView {
@@ -148,7 +148,7 @@ type passResult struct {
 	seg                    *Segment
 }
 
-func (d *drainer) pass(v bootView, delPoint uint64, open heldReader, source string) (*passResult, error) {
+func (d *drainer) pass(v bootView, delPoint uint64, open heldReader, source Source) (*passResult, error) {
 	pr := &passResult{}
 	skip := v.stored - delPoint
 	var st string

@@ -22,14 +22,14 @@ import (
 var setups = []struct {
 	name     string
 	cfg      kmodel.Config
-	backends []string
+	backends []Backend
 }{
-	{"debian-6.1", kmodel.Config{Profile: kmodel.ProfileDebian61}, []string{BackendSnapshot}},
-	{"6.1-ima-kexec", kmodel.Config{Profile: kmodel.Profile61IMAKexec}, []string{BackendSnapshot}},
-	{"6.16", kmodel.Config{Profile: kmodel.Profile616}, []string{BackendSnapshot}},
-	{"7.2", kmodel.Config{Profile: kmodel.Profile72}, []string{BackendStaged, BackendDeleteN, BackendSnapshot}},
-	{"7.2-flush", kmodel.Config{Profile: kmodel.Profile72, FlushHTable: true}, []string{BackendStaged, BackendSnapshot}},
-	{"7.2+trim-log", kmodel.Config{Profile: kmodel.Profile72Trim}, []string{BackendStaged, BackendTrimLog, BackendDeleteN}},
+	{"debian-6.1", kmodel.Config{Profile: kmodel.ProfileDebian61}, []Backend{BackendSnapshot}},
+	{"6.1-ima-kexec", kmodel.Config{Profile: kmodel.Profile61IMAKexec}, []Backend{BackendSnapshot}},
+	{"6.16", kmodel.Config{Profile: kmodel.Profile616}, []Backend{BackendSnapshot}},
+	{"7.2", kmodel.Config{Profile: kmodel.Profile72}, []Backend{BackendStaged, BackendDeleteN, BackendSnapshot}},
+	{"7.2-flush", kmodel.Config{Profile: kmodel.Profile72, FlushHTable: true}, []Backend{BackendStaged, BackendSnapshot}},
+	{"7.2+trim-log", kmodel.Config{Profile: kmodel.Profile72Trim}, []Backend{BackendStaged, BackendTrimLog, BackendDeleteN}},
 }
 
 func TestDrainProfiles(t *testing.T) {
@@ -114,7 +114,7 @@ func TestCrashMatrix(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		cfg     kmodel.Config
-		backend string
+		backend Backend
 	}{
 		{"staged", kmodel.Config{Profile: kmodel.Profile72}, BackendStaged},
 		{"staged-flush", kmodel.Config{Profile: kmodel.Profile72, FlushHTable: true}, BackendStaged},
@@ -215,8 +215,8 @@ func lastEntry(t *testing.T, e *kenv) (Entry, int) {
 // kernel's drain starts a new generation. No record is lost at any point: the store plus
 // what the kernel holds past it replays to the TPM.
 func TestDrainKexecUnderWay(t *testing.T) {
-	for _, backend := range []string{BackendStaged, BackendDeleteN} {
-		t.Run(backend, func(t *testing.T) {
+	for _, backend := range []Backend{BackendStaged, BackendDeleteN} {
+		t.Run(string(backend), func(t *testing.T) {
 			e := newKenv(t, kmodel.Config{Profile: kmodel.Profile72})
 			e.work(20)
 			e.mustDrain(backend)
@@ -321,7 +321,7 @@ func TestDrainKexecUnderWay(t *testing.T) {
 func TestDrainBusy(t *testing.T) {
 	for _, c := range []struct {
 		name    string
-		backend string
+		backend Backend
 		hold    string
 		flag    int
 	}{
@@ -599,7 +599,7 @@ func TestDrainWritten(t *testing.T) {
 // window when it is the last drain before a kexec.
 func TestDrainOpensNothingForReading(t *testing.T) {
 	for _, c := range []struct {
-		backend string
+		backend Backend
 		cfg     kmodel.Config
 	}{
 		{BackendStaged, kmodel.Config{Profile: kmodel.Profile72}},
@@ -607,7 +607,7 @@ func TestDrainOpensNothingForReading(t *testing.T) {
 		{BackendTrimLog, kmodel.Config{Profile: kmodel.Profile72Trim}},
 		{BackendSnapshot, kmodel.Config{Profile: kmodel.ProfileDebian61}},
 	} {
-		t.Run(c.backend, func(t *testing.T) {
+		t.Run(string(c.backend), func(t *testing.T) {
 			e := newKenv(t, c.cfg)
 			e.work(10)
 			e.mustDrain(c.backend) // the store exists, with a segment and a manifest

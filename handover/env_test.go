@@ -53,11 +53,11 @@ func (e *kenv) work(n int) {
 	}
 }
 
-func (e *kenv) drain(backend string, hook func(Step, uint64) error) (*DrainResult, error) {
+func (e *kenv) drain(backend Backend, hook func(Step, uint64) error) (*DrainResult, error) {
 	return Drain(context.Background(), DrainOptions{Paths: e.paths, StoreDir: e.store, Backend: backend, TPM: e.k.TPM(), Hook: hook, BusyTimeout: 5 * 1e9})
 }
 
-func (e *kenv) mustDrain(backend string) *DrainResult {
+func (e *kenv) mustDrain(backend Backend) *DrainResult {
 	e.t.Helper()
 	r, err := e.drain(backend, nil)
 	if err != nil {

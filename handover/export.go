@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/imakexec/imakexec/serialize"
 )
@@ -25,47 +26,49 @@ type ChainOptions struct {
 // It is a serialize.Source; records are valid until the next call. A Chain is unverified:
 // replay it (serialize.Replayer) against the TPM's PCRs, or use Verify.
 //
-// The store is streamed, so memory does not grow with the chain; the running kernel's
-// unstored records are read when the store's end is reached.
+// The chain holds the store's shared lock from OpenChain to Close, so no drain runs while
+// it is read: the records it yields have no gap and no record twice. The store and the
+// kernel's list are both streamed (the list file after the staged one, as the kernel
+// orders them), so memory does not grow with the chain.
 type Chain struct {
-	store  *Store
-	cr     *ChainReader
-	tail   []serialize.Record
-	ti     int
-	seq    uint64
-	k      *Kernel
-	skip   uint64
-	opts   ChainOptions
-	ctx    context.Context
-	inTail bool
+	store *Store
+	cr    *ChainReader
+	live  *liveReader
+	seq   uint64
+	k     *Kernel
+	skip  uint64
+	opts  ChainOptions
+	ctx   context.Context
 }
 
 // OpenChain opens the chain of the store and the running kernel. The running kernel must
 // have been joined (rejoin) or drained into the store, unless the store is empty, when the
-// chain is the kernel's list.
+// chain is the kernel's list. It waits for a running drain (Store.RLock).
 func OpenChain(ctx context.Context, o ChainOptions) (*Chain, error) {
 	if o.StoreDir == "" {
 		o.StoreDir = DefaultStoreDir
 	}
-	s, err := OpenStore(o.StoreDir)
-	if err != nil {
+	s := &Store{dir: o.StoreDir}
+	if err := s.RLock(ctx); err != nil {
 		return nil, err
 	}
 	c := &Chain{store: s, cr: s.Reader(), opts: o, ctx: ctx}
 	if o.StoreOnly {
 		return c, nil
 	}
+	fail := func(err error) (*Chain, error) { c.Close(); return nil, err }
+	var err error
 	if c.k, err = ProbeKernel(o.Paths); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	ki, err := ReadKernelInfo(o.Paths)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	if bs := s.Boot(ki.BootID); bs != nil {
 		c.skip = bs.Retained
 	} else if s.Exists() {
-		return nil, ErrNotJoined
+		return fail(ErrNotJoined)
 	}
 	return c, nil
 }
@@ -81,7 +84,12 @@ func (c *Chain) Seq() uint64 { return c.seq - 1 }
 
 // Next returns the next record, or io.EOF.
 func (c *Chain) Next() (*serialize.Record, error) {
-	if !c.inTail {
+	if c.seq&1023 == 0 {
+		if err := c.ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	if c.live == nil {
 		rec, err := c.cr.Next()
 		if err == nil {
 			c.seq++
@@ -90,28 +98,94 @@ func (c *Chain) Next() (*serialize.Record, error) {
 		if !errors.Is(err, io.EOF) {
 			return nil, err
 		}
-		c.inTail = true
-		if c.k != nil {
-			live, held, err := readLive(c.ctx, c.k, c.skip)
-			if err != nil {
-				return nil, err
-			}
-			if held < c.skip {
-				return nil, fmt.Errorf("%w: the kernel holds %d records, fewer than the %d stored ones it held at the last drain", ErrGap, held, c.skip)
-			}
-			c.tail = live
+		if c.k == nil {
+			return nil, io.EOF
 		}
+		c.live = &liveReader{ctx: c.ctx, k: c.k, skip: c.skip}
 	}
-	if c.ti >= len(c.tail) {
-		return nil, io.EOF
+	rec, err := c.live.Next()
+	if err != nil {
+		return nil, err
 	}
-	c.ti++
 	c.seq++
-	return &c.tail[c.ti-1], nil
+	return rec, nil
 }
 
-// Close releases open files.
-func (c *Chain) Close() error { return c.cr.Close() }
+// Close releases open files and the store's lock.
+func (c *Chain) Close() error {
+	err := c.cr.Close()
+	if c.live != nil {
+		c.live.close()
+	}
+	c.store.Unlock()
+	return err
+}
+
+// liveReader streams the running kernel's held records (staged list, then the current
+// list, as readLive orders them) after the first skip, which the store holds already.
+type liveReader struct {
+	ctx   context.Context
+	k     *Kernel
+	skip  uint64
+	held  uint64
+	files []string
+	f     *os.File
+	src   serialize.Source
+	done  bool
+}
+
+func (l *liveReader) Next() (*serialize.Record, error) {
+	if l.files == nil && !l.done {
+		for _, n := range []string{l.k.Staged, l.k.List} {
+			if n != "" {
+				l.files = append(l.files, n)
+			}
+		}
+	}
+	for {
+		if l.src == nil {
+			if len(l.files) == 0 {
+				if !l.done && l.held < l.skip {
+					l.done = true
+					return nil, fmt.Errorf("%w: the kernel holds %d records, fewer than the %d stored ones it held at the last drain", ErrGap, l.held, l.skip)
+				}
+				l.done = true
+				return nil, io.EOF
+			}
+			name := l.files[0]
+			l.files = l.files[1:]
+			f, err := l.k.openKernel(l.ctx, name, os.O_RDONLY)
+			if err != nil {
+				return nil, fmt.Errorf("read %s: %w", name, err)
+			}
+			src, err := listReader(f)
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
+			l.f, l.src = f, src
+		}
+		rec, err := l.src.Next()
+		if errors.Is(err, io.EOF) {
+			l.close()
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", l.f.Name(), err)
+		}
+		l.held++
+		if l.held > l.skip {
+			return rec, nil
+		}
+	}
+}
+
+func (l *liveReader) close() {
+	if l.f != nil {
+		l.f.Close()
+	}
+	l.f, l.src = nil, nil
+}
 
 // ExportOptions configures Export.
 type ExportOptions struct {

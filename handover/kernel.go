@@ -18,13 +18,19 @@ import (
 	"github.com/imakexec/imakexec/serialize"
 )
 
-// Backend names (design.md "Kernel interfaces").
+// Backend is a way of reading (and deleting) the kernel's measurement list.
+type Backend string
+
+// Backends.
 const (
-	BackendStaged   = "staged"   // 7.2 CONFIG_IMA_STAGING: A, read, persist, D on *_staged
-	BackendDeleteN  = "delete-n" // 7.2: read, persist, N on the original list file
-	BackendTrimLog  = "trim-log" // ima_trim_log v5 (unmerged): read T, persist, T:N
-	BackendSnapshot = "snapshot" // read-only lists: read and persist, delete nothing
-	BackendAuto     = "auto"
+	BackendStaged   Backend = "staged"   // 7.2 CONFIG_IMA_STAGING: A, read, persist, D on *_staged
+	BackendDeleteN  Backend = "delete-n" // 7.2: read, persist, N on the original list file
+	BackendTrimLog  Backend = "trim-log" // ima_trim_log v5 (unmerged): read T, persist, T:N
+	BackendSnapshot Backend = "snapshot" // read-only lists: read and persist, delete nothing
+	BackendAuto     Backend = "auto"
+	// BackendRejoin marks segments rejoin wrote (carried, reconstructed and duplicate
+	// records); it is not a drain backend.
+	BackendRejoin Backend = "rejoin"
 )
 
 // Kernel errors a caller may branch on; the errno is kept in the chain.
@@ -93,8 +99,8 @@ func ProbeKernel(p Paths) (*Kernel, error) {
 
 // Backends lists the backends this kernel offers, best first. delete-n is left out when
 // the kernel was booted with ima_flush_htable, which makes N fail with EINVAL (spec §12.2).
-func (k *Kernel) Backends(ki KernelInfo) []string {
-	var out []string
+func (k *Kernel) Backends(ki KernelInfo) []Backend {
+	var out []Backend
 	if k.Staged != "" {
 		out = append(out, BackendStaged)
 	}
@@ -108,7 +114,7 @@ func (k *Kernel) Backends(ki KernelInfo) []string {
 }
 
 // Choose resolves "auto" (or "") to the best backend and checks that a named one exists.
-func (k *Kernel) Choose(name string, ki KernelInfo) (string, error) {
+func (k *Kernel) Choose(name Backend, ki KernelInfo) (Backend, error) {
 	avail := k.Backends(ki)
 	if name == "" || name == BackendAuto {
 		return avail[0], nil
@@ -123,7 +129,11 @@ func (k *Kernel) Choose(name string, ki KernelInfo) (string, error) {
 	default:
 		return "", fmt.Errorf("unknown backend %q (want auto, staged, delete-n, trim-log or snapshot)", name)
 	}
-	return "", fmt.Errorf("%w: %s (this kernel offers %s)", ErrBackend, name, strings.Join(avail, ", "))
+	names := make([]string, len(avail))
+	for i, a := range avail {
+		names[i] = string(a)
+	}
+	return "", fmt.Errorf("%w: %s (this kernel offers %s)", ErrBackend, name, strings.Join(names, ", "))
 }
 
 // Count reads runtime_measurements_count (-1 when unreadable).

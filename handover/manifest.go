@@ -1,13 +1,17 @@
 package handover
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
+
+	"github.com/imakexec/imakexec/serialize"
 )
 
 // ManifestVersion is the version of the manifest format written by this package.
@@ -21,30 +25,60 @@ const (
 	lockName     = "lock"
 )
 
-// Segment sources (design.md "Data model").
+// Source says where a segment's records came from.
+type Source string
+
+// Segment sources.
 const (
-	SourceStaged        = "staged"        // staged with A, read, deleted with D (7.2)
-	SourceDeletedN      = "deleted-n"     // read, deleted with N (7.2)
-	SourceTrimmed       = "trimmed"       // read, trimmed with T:N (ima_trim_log v5)
-	SourceSnapshot      = "snapshot"      // read, nothing deleted
-	SourceCarried       = "carried"       // carried by the kernel across kexec (rejoin)
-	SourceReconstructed = "reconstructed" // rebuilt kexec-window records (rejoin)
-	SourceDuplicate     = "duplicate"     // a carried list head the chain already holds (rejoin)
+	SourceStaged        Source = "staged"        // staged with A, read, deleted with D (7.2)
+	SourceDeletedN      Source = "deleted-n"     // read, deleted with N (7.2)
+	SourceTrimmed       Source = "trimmed"       // read, trimmed with T:N (ima_trim_log v5)
+	SourceSnapshot      Source = "snapshot"      // read, nothing deleted
+	SourceCarried       Source = "carried"       // carried by the kernel across kexec (rejoin)
+	SourceReconstructed Source = "reconstructed" // rebuilt kexec-window records (rejoin)
+	SourceDuplicate     Source = "duplicate"     // a carried list head the chain already holds (rejoin)
 )
+
+// EntryType is the kind of a manifest line.
+type EntryType string
 
 // Entry kinds.
 const (
-	EntryHeader  = "header"
-	EntrySegment = "segment"
-	EntryDeleted = "deleted"
-	EntryJoin    = "join"
+	EntryHeader  EntryType = "header"
+	EntrySegment EntryType = "segment"
+	EntryDeleted EntryType = "deleted"
+	EntryJoin    EntryType = "join"
 )
+
+// Scheme is a segment's extend scheme as the manifest spells it (serialize.Scheme's names).
+type Scheme string
+
+// Extend schemes: per-bank template hashes (5.8+, ima_calc_field_array_hash) or the SHA1
+// template digest padded for every bank (5.1-5.7).
+const (
+	SchemeHash Scheme = "hash"
+	SchemePad  Scheme = "pad"
+)
+
+// schemeOf names a serialize.Scheme.
+func schemeOf(s serialize.Scheme) Scheme { return Scheme(s.String()) }
+
+// Extend parses the scheme; anything but "hash" or "pad" is an error (a tampered manifest).
+func (s Scheme) Extend() (serialize.Scheme, error) {
+	switch s {
+	case SchemeHash:
+		return serialize.SchemeHash, nil
+	case SchemePad:
+		return serialize.SchemePad, nil
+	}
+	return 0, fmt.Errorf("unknown extend scheme %q (want hash or pad)", string(s))
+}
 
 // Entry is one line of the manifest (manifest.jsonl): a JSON object per line. Every line but
 // the first carries Prev, the SHA-256 of the previous line's bytes (without its newline),
 // so a dropped, reordered or edited line breaks the chain where it happened.
 type Entry struct {
-	Type  string    `json:"type"`
+	Type  EntryType `json:"type"`
 	Index int       `json:"index"` // line number, from 0
 	Prev  string    `json:"prev,omitempty"`
 	Time  time.Time `json:"time"`
@@ -113,13 +147,13 @@ type Segment struct {
 	Size     int64    `json:"size"`
 	FirstSeq uint64   `json:"first_seq"` // global sequence number of the first record (from 0)
 	Count    uint64   `json:"count"`
-	Source   string   `json:"source"`
-	Backend  string   `json:"backend"`
+	Source   Source   `json:"source"`
+	Backend  Backend  `json:"backend"`
 	Boot     BootInfo `json:"boot"`
 	// IMAHash is the ima_hash= boot parameter ("" for the kernel's default).
 	IMAHash     string     `json:"ima_hash"`
 	KernelBanks []string   `json:"kernel_banks,omitempty"` // banks with a per-bank list file (6.10+)
-	Scheme      string     `json:"scheme"`                 // extend scheme: "hash" (5.8+) or "pad"
+	Scheme      Scheme     `json:"scheme"`                 // extend scheme: "hash" (5.8+) or "pad"
 	ByteOrder   string     `json:"byte_order"`             // "little" or "big"
 	FlushHtable string     `json:"flush_htable"`           // "on" or "off"
 	TPM         TPMBinding `json:"tpm"`                    // clock read at this drain
@@ -165,10 +199,10 @@ func (s *Segment) End() uint64 { return s.FirstSeq + s.Count }
 // (an index since boot): deleted by D, N or T:N, or (Carried) refused with ESTALE because
 // kexec is under way, so the next kernel will carry them and rejoin must not add them twice.
 type Deletion struct {
-	BootID  string `json:"boot_id"`
-	Through uint64 `json:"through"`
-	Method  string `json:"method"` // backend
-	Carried bool   `json:"carried,omitempty"`
+	BootID  string  `json:"boot_id"`
+	Through uint64  `json:"through"`
+	Method  Backend `json:"method"` // backend
+	Carried bool    `json:"carried,omitempty"`
 	// Resolved marks a deletion found by a later run (a crash came between delete and
 	// manifest update).
 	Resolved bool `json:"resolved,omitempty"`
@@ -198,52 +232,201 @@ func lineHash(line []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// parseManifest parses manifest bytes. A last line without its newline is a write cut short
-// by a crash: it is ignored and good is the length of the complete lines. Any complete line
-// that does not parse or does not chain is tampering.
-func parseManifest(b []byte) (entries []Entry, lastHash string, good int, err error) {
-	off := 0
-	for off < len(b) {
-		nl := bytes.IndexByte(b[off:], '\n')
-		if nl < 0 {
-			break // torn tail
-		}
-		line := b[off : off+nl]
-		n := len(entries)
-		var e Entry
-		dec := json.NewDecoder(bytes.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&e); err != nil {
-			return nil, "", 0, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("not a manifest entry: %v", err)}
-		}
-		if e.Index != n {
-			return nil, "", 0, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("entry index %d at line %d (lines removed, added or reordered)", e.Index, n+1)}
-		}
-		if n == 0 {
-			if e.Type != EntryHeader || e.Header == nil {
-				return nil, "", 0, &TamperError{File: manifestName, Line: 1, What: "first line is not the header"}
-			}
-			if e.Header.Version != ManifestVersion {
-				return nil, "", 0, fmt.Errorf("%s: manifest version %d, this imakexec reads version %d", manifestName, e.Header.Version, ManifestVersion)
-			}
-		} else {
-			if e.Prev != lastHash {
-				return nil, "", 0, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("previous-entry hash %.16s… does not match line %d (%.16s…): line %d was edited, or lines were removed or reordered", e.Prev, n, lastHash, n)}
-			}
-			switch {
-			case e.Type == EntrySegment && e.Segment != nil:
-			case e.Type == EntryDeleted && e.Deleted != nil:
-			case e.Type == EntryJoin && e.Join != nil:
-			default:
-				return nil, "", 0, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("entry of type %q without its body", e.Type)}
-			}
-		}
-		entries = append(entries, e)
-		lastHash = lineHash(line)
-		off += nl + 1
-	}
-	return entries, lastHash, off, nil
+// Manifest bounds. A manifest over MaxManifestSize is refused with an error naming the
+// limit (never read in part: a shortened read would look like a torn write and the next
+// drain would cut the rest off). A segment line is about 1 KiB, so the bound holds some
+// 200,000 drains of one TPM power cycle.
+const (
+	MaxManifestSize = 256 << 20
+	maxManifestLine = 1 << 20
+)
+
+// ErrManifestTooLarge: the manifest is over MaxManifestSize.
+var ErrManifestTooLarge = errors.New("manifest too large")
+
+// manifestState is the result of reading a manifest.
+type manifestState struct {
+	entries  []Entry
+	lastHash string
+	good     int64 // length of the complete lines
+	torn     bool  // an incomplete last line follows them
 }
+
+// parseManifest reads a manifest as a stream of lines, each at most maxManifestLine bytes,
+// size bytes in all (the file's size, checked by the caller against MaxManifestSize). A
+// last line without its newline is a write cut short by a crash: it is ignored, and good
+// is the length of the complete lines. Any complete line that does not parse, does not
+// chain, or holds a value out of range (see manifestChecker) is tampering.
+func parseManifest(r io.Reader) (*manifestState, error) {
+	st := &manifestState{}
+	br := bufio.NewReaderSize(r, 64<<10)
+	var chk manifestChecker
+	var long []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			if len(long)+len(frag) > maxManifestLine {
+				return nil, &TamperError{File: manifestName, Line: len(st.entries) + 1, What: fmt.Sprintf("line longer than %d bytes", maxManifestLine)}
+			}
+			long = append(long, frag...)
+			continue
+		}
+		line := frag
+		if long != nil {
+			line = append(long, frag...)
+			long = nil
+		}
+		if err == io.EOF {
+			st.torn = len(line) > 0
+			if st.torn && len(line) > maxManifestLine {
+				return nil, &TamperError{File: manifestName, Line: len(st.entries) + 1, What: fmt.Sprintf("line longer than %d bytes", maxManifestLine)}
+			}
+			return st, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", manifestName, err)
+		}
+		if len(line) > maxManifestLine+1 {
+			return nil, &TamperError{File: manifestName, Line: len(st.entries) + 1, What: fmt.Sprintf("line longer than %d bytes", maxManifestLine)}
+		}
+		body := line[:len(line)-1]
+		e, err := parseEntry(body, len(st.entries), st.lastHash)
+		if err != nil {
+			return nil, err
+		}
+		if err := chk.check(&e); err != nil {
+			return nil, err
+		}
+		st.entries = append(st.entries, e)
+		st.lastHash = lineHash(body)
+		st.good += int64(len(line))
+	}
+}
+
+// parseEntry parses line n (from 0) and checks it chains to the line before (prev).
+func parseEntry(line []byte, n int, prev string) (Entry, error) {
+	var e Entry
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return e, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("not a manifest entry: %v", err)}
+	}
+	if dec.More() {
+		return e, &TamperError{File: manifestName, Line: n + 1, What: "data after the entry"}
+	}
+	if e.Index != n {
+		return e, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("entry index %d at line %d (lines removed, added or reordered)", e.Index, n+1)}
+	}
+	if n == 0 {
+		if e.Type != EntryHeader || e.Header == nil {
+			return e, &TamperError{File: manifestName, Line: 1, What: "first line is not the header"}
+		}
+		if e.Header.Version != ManifestVersion {
+			return e, fmt.Errorf("%s: manifest version %d, this imakexec reads version %d", manifestName, e.Header.Version, ManifestVersion)
+		}
+		return e, nil
+	}
+	if e.Prev != prev {
+		return e, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("previous-entry hash %.16s… does not match line %d (%.16s…): line %d was edited, or lines were removed or reordered", e.Prev, n, prev, n)}
+	}
+	switch {
+	case e.Type == EntrySegment && e.Segment != nil && e.Deleted == nil && e.Join == nil && e.Header == nil:
+	case e.Type == EntryDeleted && e.Deleted != nil && e.Segment == nil && e.Join == nil && e.Header == nil:
+	case e.Type == EntryJoin && e.Join != nil && e.Segment == nil && e.Deleted == nil && e.Header == nil:
+	default:
+		return e, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("entry of type %q without its body, or with another's", e.Type)}
+	}
+	return e, nil
+}
+
+// manifestChecker range-checks, line by line, every manifest value that drain, rejoin and
+// the readers use in arithmetic or as an index, so that none of them can overflow,
+// underflow or index out of range on a crafted manifest: segment numbers, names and sizes,
+// sequence and per-boot positions, and deletion points. It does not prove the records;
+// replay against the TPM does.
+type manifestChecker struct {
+	segs     int               // segments so far
+	chainEnd uint64            // end of the in-chain sequence numbers
+	boots    map[string]uint64 // per boot id: records stored, [0, end) of its list
+	ends     map[string]map[uint64]bool
+	deleted  map[string]uint64
+}
+
+func (c *manifestChecker) check(e *Entry) error {
+	if c.boots == nil {
+		c.boots, c.ends, c.deleted = map[string]uint64{}, map[string]map[uint64]bool{}, map[string]uint64{}
+	}
+	bad := func(format string, a ...any) error {
+		return &TamperError{File: manifestName, Line: e.Index + 1, What: fmt.Sprintf(format, a...)}
+	}
+	switch {
+	case e.Segment != nil:
+		sg := e.Segment
+		if sg.Number != c.segs+1 {
+			return bad("segment number %d, want %d", sg.Number, c.segs+1)
+		}
+		if sg.File != segmentName(sg.Number) {
+			return bad("segment %d names file %q, want %q", sg.Number, sg.File, segmentName(sg.Number))
+		}
+		if sg.Count == 0 || sg.Size < serialize.KexecHeaderSize || uint64(sg.Size-serialize.KexecHeaderSize)/minKexecRecord < sg.Count {
+			return bad("segment %d: %d records cannot fit in %d bytes", sg.Number, sg.Count, sg.Size)
+		}
+		if sg.Boot.BootID == "" || sg.Boot.Generation < 0 {
+			return bad("segment %d: no boot id or a negative generation", sg.Number)
+		}
+		if sg.FirstSeq+sg.Count < sg.FirstSeq || sg.Boot.FirstIndex+sg.Count < sg.Boot.FirstIndex {
+			return bad("segment %d: first_seq or first_index overflows", sg.Number)
+		}
+		if end, ok := c.boots[sg.Boot.BootID]; ok && sg.Boot.FirstIndex != end {
+			return bad("segment %d starts at index %d of boot %s, its stored records end at %d", sg.Number, sg.Boot.FirstIndex, sg.Boot.BootID, end)
+		} else if !ok && sg.Boot.FirstIndex != 0 && sg.Source != SourceReconstructed {
+			return bad("segment %d starts boot %s at index %d, not 0", sg.Number, sg.Boot.BootID, sg.Boot.FirstIndex)
+		}
+		if d := sg.Duplicates; d != nil {
+			if d.From > d.To || d.To-d.From != sg.Count {
+				return bad("segment %d repeats records [%d,%d), not its %d records", sg.Number, d.From, d.To, sg.Count)
+			}
+		} else if sg.FirstSeq != c.chainEnd {
+			return bad("segment %d starts at sequence number %d, the chain ends at %d", sg.Number, sg.FirstSeq, c.chainEnd)
+		} else {
+			c.chainEnd = sg.End()
+		}
+		c.segs++
+		end := sg.Boot.FirstIndex + sg.Count
+		c.boots[sg.Boot.BootID] = end
+		if c.ends[sg.Boot.BootID] == nil {
+			c.ends[sg.Boot.BootID] = map[uint64]bool{}
+		}
+		c.ends[sg.Boot.BootID][end] = true
+	case e.Deleted != nil:
+		del := e.Deleted
+		stored, ok := c.boots[del.BootID]
+		if !ok {
+			return bad("deletion for boot %s, which has no stored records", del.BootID)
+		}
+		if del.Through > stored {
+			return bad("deletion through index %d of boot %s, beyond the %d records stored", del.Through, del.BootID, stored)
+		}
+		if !c.ends[del.BootID][del.Through] {
+			return bad("deletion through index %d of boot %s, not the end of a stored segment", del.Through, del.BootID)
+		}
+		switch del.Method {
+		case BackendStaged, BackendDeleteN, BackendTrimLog:
+		default:
+			return bad("deletion by %q, not a deleting backend", del.Method)
+		}
+		c.deleted[del.BootID] = max(c.deleted[del.BootID], del.Through)
+	case e.Join != nil:
+		if j := e.Join; j.Duplicated > j.KernelCarried || j.Generation < 0 {
+			return bad("join of boot %s: %d duplicated of %d carried, generation %d", j.BootID, j.Duplicated, j.KernelCarried, j.Generation)
+		}
+	}
+	return nil
+}
+
+// minKexecRecord is the smallest record of the kexec format: PCR, SHA1 digest, name
+// length, an empty name, data length (ima_dump_measurement_list).
+const minKexecRecord = 4 + 20 + 4 + 4
 
 // encodeEntry marshals e as one line (without newline).
 func encodeEntry(e *Entry) ([]byte, error) {

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/imakexec/imakexec/serialize"
 )
 
 // Paths are the kernel file system locations handover reads. Every one is a parameter so
@@ -114,12 +116,12 @@ func (ki KernelInfo) FlushHtable() string {
 
 // Scheme is the extend scheme of this kernel: padded SHA1 before 5.8, per-bank hashes from
 // 5.8 on (spec §6.2, §6.3). An unparsable release is taken as 5.8+.
-func (ki KernelInfo) Scheme() string {
+func (ki KernelInfo) Scheme() serialize.Scheme {
 	var maj, min int
 	if _, err := fmt.Sscanf(ki.Release, "%d.%d", &maj, &min); err == nil {
 		if maj < 5 || (maj == 5 && min < 8) {
-			return "pad"
+			return serialize.SchemePad
 		}
 	}
-	return "hash"
+	return serialize.SchemeHash
 }

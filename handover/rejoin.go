@@ -24,7 +24,7 @@ type RejoinOptions struct {
 	// none, and then only records some list holds can join.
 	Window *WindowInputs
 	// Backend for the drain that follows the join (default auto).
-	Backend string
+	Backend Backend
 	// Banks replayed when the store is created (DrainOptions.Banks).
 	Banks []serialize.Bank
 }
@@ -146,7 +146,7 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 	if obs.bootAggErr != nil {
 		return fail(obs.bootAggErr)
 	}
-	scheme, _ := serialize.ParseScheme(ki.Scheme())
+	scheme := ki.Scheme()
 	live, _, err := readLive(ctx, k, 0)
 	if err != nil {
 		return err
@@ -182,7 +182,7 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 	res.Join, res.Description, res.Generation = j, j.Candidate, gen
 
 	newBoot := BootInfo{BootID: ki.BootID, Generation: gen, KernelRelease: ki.Release}
-	meta := Segment{Backend: "rejoin", IMAHash: ki.IMAHash(), KernelBanks: k.Banks, Scheme: ki.Scheme(),
+	meta := Segment{Backend: BackendRejoin, IMAHash: ki.IMAHash(), KernelBanks: k.Banks, Scheme: schemeOf(scheme),
 		ByteOrder: "little", FlushHtable: ki.FlushHtable(), TPM: clock}
 	chainEnd := s.Records()
 	newState := ""

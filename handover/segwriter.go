@@ -36,7 +36,7 @@ type segWriter struct {
 	size  uint64
 }
 
-func (d *drainer) newSegment(v bootView, source string) (*segWriter, error) {
+func (d *drainer) newSegment(v bootView, source Source) (*segWriter, error) {
 	n := len(d.s.Segments()) + 1
 	segs := d.s.ChainSegments()
 	start := serialize.PCRValues{}
@@ -48,8 +48,7 @@ func (d *drainer) newSegment(v bootView, source string) (*segWriter, error) {
 		}
 		firstSeq = segs[len(segs)-1].End()
 	}
-	scheme, _ := serialize.ParseScheme(d.ki.Scheme())
-	rp, err := serialize.NewReplayer(serialize.ReplayOptions{Banks: d.banks, Scheme: scheme, Order: storeOrder, Start: start, DigestBank: &serialize.SHA1})
+	rp, err := serialize.NewReplayer(serialize.ReplayOptions{Banks: d.banks, Scheme: d.ki.Scheme(), Order: storeOrder, Start: start, DigestBank: &serialize.SHA1})
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +76,7 @@ func (d *drainer) newSegment(v bootView, source string) (*segWriter, error) {
 		Boot:        BootInfo{BootID: d.ki.BootID, Generation: d.gen, KernelRelease: d.ki.Release, FirstIndex: v.stored},
 		IMAHash:     d.ki.IMAHash(),
 		KernelBanks: d.k.Banks,
-		Scheme:      d.ki.Scheme(),
+		Scheme:      schemeOf(d.ki.Scheme()),
 		ByteOrder:   "little",
 		FlushHtable: d.ki.FlushHtable(),
 		TPM:         d.clock,

@@ -1,24 +1,28 @@
 package handover
 
 import (
+	"context"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
+// statusLockWait bounds how long status waits for a drain to release the store.
+const statusLockWait = 10 * time.Second
+
 // Status is what `imakexec status` reports. Every part is filled as far as it can be; the
 // Err fields say why a part is missing.
 type Status struct {
-	Securityfs  string   `json:"securityfs"`
-	IMADir      string   `json:"ima_dir,omitempty"`
-	KernelErr   string   `json:"kernel_error,omitempty"`
-	Release     string   `json:"kernel_release,omitempty"`
-	BootID      string   `json:"boot_id,omitempty"`
-	Backend     string   `json:"backend,omitempty"` // what auto would choose
-	Backends    []string `json:"backends,omitempty"`
-	Banks       []string `json:"kernel_banks,omitempty"`
-	Count       int64    `json:"runtime_measurements_count"`
-	FlushHtable string   `json:"ima_flush_htable,omitempty"`
+	Securityfs  string    `json:"securityfs"`
+	IMADir      string    `json:"ima_dir,omitempty"`
+	KernelErr   string    `json:"kernel_error,omitempty"`
+	Release     string    `json:"kernel_release,omitempty"`
+	BootID      string    `json:"boot_id,omitempty"`
+	Backend     Backend   `json:"backend,omitempty"` // what auto would choose
+	Backends    []Backend `json:"backends,omitempty"`
+	Banks       []string  `json:"kernel_banks,omitempty"`
+	Count       int64     `json:"runtime_measurements_count"`
+	FlushHtable string    `json:"ima_flush_htable,omitempty"`
 
 	TPM          string   `json:"tpm"`
 	TPMErr       string   `json:"tpm_error,omitempty"`
@@ -85,11 +89,16 @@ func GetStatus(p Paths, storeDir string, t transport.TPM, tpmName string, tpmErr
 		}
 	}
 	st.Store.Dir = storeDir
-	s, err := OpenStore(storeDir)
-	if err != nil {
+	// The shared lock, so a drain under way is not seen half done; status waits for it a
+	// little, then says who holds it.
+	ctx, cancel := context.WithTimeout(context.Background(), statusLockWait)
+	defer cancel()
+	s := &Store{dir: storeDir}
+	if err := s.RLock(ctx); err != nil {
 		st.Store.Err, st.Store.Error = err.Error(), err
 		return st
 	}
+	defer s.Unlock()
 	st.Store.Archives = s.Archives()
 	if !s.Exists() {
 		return st

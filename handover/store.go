@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/imakexec/imakexec/serialize"
 )
@@ -28,11 +25,12 @@ var ErrLocked = errors.New("store is locked by another imakexec process")
 var ErrBindingMismatch = errors.New("store belongs to another TPM power cycle")
 
 // Store is a handoff store directory: segments/NNNNNNNN.kexec in the kernel's kexec
-// handover format, and manifest.jsonl, a hash-chained list of entries (see Entry). Reading
-// needs no lock; writing (Drain, Archive) takes an exclusive flock on DIR/lock.
+// handover format, and manifest.jsonl, a hash-chained list of entries (see Entry). Readers
+// take a shared flock on DIR/lock (RLock), writers (Drain, Rejoin, Archive) an exclusive one.
 type Store struct {
 	dir      string
 	lockf    *os.File
+	rlocked  bool // shared lock (lockf may be nil for a store never locked)
 	entries  []Entry
 	lastHash string
 	good     int64 // length of the complete manifest lines
@@ -51,17 +49,15 @@ func OpenStore(dir string) (*Store, error) {
 
 func (s *Store) load() error {
 	s.entries, s.lastHash, s.good, s.torn = nil, "", 0, false
-	fi, err := os.Lstat(s.dir)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(s.dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err != nil {
+	// segments/ must be ours like the store (it is opened again below the store's
+	// descriptor whenever a segment is read).
+	if err := checkSubdir(s.dir, segmentsDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("store: %w", err)
 	}
-	if fi.Mode()&os.ModeSymlink != 0 {
-		return fmt.Errorf("store %s is a symlink; the store does not follow symlinks", s.dir)
-	}
-	f, err := openNoFollow(filepath.Join(s.dir, manifestName), unix.O_RDONLY, 0)
+	f, err := openStoreFile(s.dir, manifestName)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -69,15 +65,18 @@ func (s *Store) load() error {
 		return fmt.Errorf("store: %w", err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 1<<30))
+	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("store: read manifest: %w", err)
+		return fmt.Errorf("store: %w", err)
 	}
-	entries, last, good, err := parseManifest(b)
+	if fi.Size() > MaxManifestSize {
+		return fmt.Errorf("store: %w: %s is %d bytes, over the limit of %d (MaxManifestSize); nothing was read or changed", ErrManifestTooLarge, f.Name(), fi.Size(), MaxManifestSize)
+	}
+	st, err := parseManifest(io.LimitReader(f, fi.Size()))
 	if err != nil {
 		return err
 	}
-	s.entries, s.lastHash, s.good, s.torn = entries, last, int64(good), good != len(b)
+	s.entries, s.lastHash, s.good, s.torn = st.entries, st.lastHash, st.good, st.torn
 	return nil
 }
 
@@ -180,7 +179,7 @@ type BootState struct {
 	Deleted uint64
 	Carried bool
 	// DeletedBy splits Deleted by the backend that deleted (or "carried").
-	DeletedBy map[string]uint64
+	DeletedBy map[Backend]uint64
 	// Retained = Stored - Deleted: stored records the kernel still held at the last drain,
 	// at the head of its list. A verifier joining the store with the live list skips them.
 	Retained uint64
@@ -207,11 +206,11 @@ func (s *Store) Boots() []BootState {
 			if i, ok := idx[e.Deleted.BootID]; ok {
 				if e.Deleted.Through > out[i].Deleted {
 					if out[i].DeletedBy == nil {
-						out[i].DeletedBy = map[string]uint64{}
+						out[i].DeletedBy = map[Backend]uint64{}
 					}
 					m := e.Deleted.Method
 					if e.Deleted.Carried {
-						m = "carried"
+						m = deletedCarried
 					}
 					out[i].DeletedBy[m] += e.Deleted.Through - out[i].Deleted
 				}

@@ -100,7 +100,10 @@ func (s *Store) Check() (*CheckResult, error) {
 		if !sg.InChain() {
 			return nil
 		}
-		scheme, _ := serialize.ParseScheme(sg.Scheme)
+		scheme, err := sg.Scheme.Extend()
+		if err != nil {
+			return &TamperError{File: manifestName, Line: lineOf[sg.Number], What: err.Error()}
+		}
 		rp, err = serialize.NewReplayer(serialize.ReplayOptions{Banks: banks, Scheme: scheme, Order: storeOrder, Start: prevPCR, DigestBank: &serialize.SHA1})
 		return err
 	}

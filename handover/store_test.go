@@ -155,8 +155,8 @@ func mountTmpfs(t *testing.T, size string) string {
 }
 
 func TestDiskFull(t *testing.T) {
-	for _, b := range []string{BackendStaged, BackendDeleteN} {
-		t.Run(b, func(t *testing.T) {
+	for _, b := range []Backend{BackendStaged, BackendDeleteN} {
+		t.Run(string(b), func(t *testing.T) {
 			e := newKenv(t, kmodel.Config{Profile: kmodel.Profile72})
 			e.store = filepath.Join(mountTmpfs(t, "64k"), "store")
 			e.work(1200) // ~150 KiB of records
@@ -209,7 +209,7 @@ func TestKill9(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		cfg     kmodel.Config
-		backend string
+		backend Backend
 	}{
 		{"staged", kmodel.Config{Profile: kmodel.Profile72}, BackendStaged},
 		{"delete-n", kmodel.Config{Profile: kmodel.Profile72}, BackendDeleteN},
@@ -224,7 +224,7 @@ func TestKill9(t *testing.T) {
 			killed := 0
 			for i := 0; i < 8; i++ {
 				e.work(1000 + rng.IntN(2000))
-				cmd := exec.Command(bin, "--securityfs", e.paths.Securityfs, "--tpm", "unix:"+sock, "drain", "--proc", e.paths.Proc, "--store", e.store, "--backend", c.backend)
+				cmd := exec.Command(bin, "--securityfs", e.paths.Securityfs, "--tpm", "unix:"+sock, "drain", "--proc", e.paths.Proc, "--store", e.store, "--backend", string(c.backend))
 				var out bytes.Buffer
 				cmd.Stdout, cmd.Stderr = &out, &out
 				if err := cmd.Start(); err != nil {

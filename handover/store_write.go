@@ -72,7 +72,7 @@ func (s *Store) appendEntries(es []Entry, beforeSync func() error) error {
 		last = lineHash(line)
 		buf = append(append(buf, line...), '\n')
 	}
-	f, err := openNoFollow(filepath.Join(s.dir, manifestName), unix.O_WRONLY, 0)
+	f, err := openStoreFileFlag(s.dir, manifestName, unix.O_WRONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("store: append manifest: %w", err)
 	}

@@ -84,7 +84,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*Verified, error) {
 	}
 	if s.Exists() {
 		// Serialise with drains so the store and the kernel's list are read consistently.
-		if err := s.Lock(ctx); err != nil {
+		if err := s.RLock(ctx); err != nil {
 			return nil, err
 		}
 		defer s.Unlock()
@@ -127,7 +127,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*Verified, error) {
 		return nil, err
 	}
 	res.Stored = s.Records()
-	scheme, _ := serialize.ParseScheme(ki.Scheme())
+	scheme := ki.Scheme()
 	r.SetScheme(scheme)
 	obs.scheme = scheme
 	pr, err := newProver(r, e, obs.pcrs)

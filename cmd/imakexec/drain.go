@@ -48,7 +48,7 @@ func (c *drainCmd) Run(ctx context.Context, env *Env, args []string) error {
 	res, err := handover.Drain(ctx, handover.DrainOptions{
 		Paths:    handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc},
 		StoreDir: c.store,
-		Backend:  c.backend,
+		Backend:  handover.Backend(c.backend),
 		TPM:      t,
 		NoWait:   c.noWait,
 	})
@@ -83,7 +83,7 @@ type drainOut struct {
 }
 
 func drainJSON(r *handover.DrainResult) drainOut {
-	o := drainOut{Backend: r.Backend, Store: r.StoreDir, Archived: r.Archived, BootID: r.BootID, Generation: r.Generation,
+	o := drainOut{Backend: string(r.Backend), Store: r.StoreDir, Archived: r.Archived, BootID: r.BootID, Generation: r.Generation,
 		Held: r.Held, Retained: r.Retained, Stored: r.Stored, Deleted: r.Deleted, Resolved: r.Resolved, Carried: r.Carried,
 		Segments: []int{}, Chain: r.Chain, PCRs: pcrJSON(r.PCRs)}
 	for _, s := range r.Segments {

@@ -167,7 +167,7 @@ func (s *handoverSteps) Inspect(ctx context.Context) (*initramfs.State, error) {
 	st := handover.GetStatus(s.paths, s.store, t, s.tpm, s.tpmErr)
 	out := &initramfs.State{
 		TPM: s.t != nil && st.TPMErr == "", TPMDetail: st.TPM, StoreBound: true, Pending: int(st.Count),
-		Backend: st.Backend, Banks: st.TPMBanks, Release: st.Release, BootID: st.BootID,
+		Backend: string(st.Backend), Banks: st.TPMBanks, Release: st.Release, BootID: st.BootID,
 	}
 	if st.TPMErr != "" {
 		out.TPMDetail = st.TPMErr
@@ -195,7 +195,7 @@ func (s *handoverSteps) Drain(ctx context.Context) (*initramfs.Drained, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &initramfs.Drained{Records: int(res.Stored), Backend: res.Backend}
+	d := &initramfs.Drained{Records: int(res.Stored), Backend: string(res.Backend)}
 	if res.Carried {
 		d.KernelCarries = int(res.Held - res.Retained)
 	}

@@ -54,7 +54,7 @@ func (c *statusCmd) Run(ctx context.Context, env *Env, args []string) error {
 	} else {
 		fmt.Fprintf(w, "IMA dir:      %s\n", st.IMADir)
 		fmt.Fprintf(w, "kernel:       %s (boot %s)\n", st.Release, st.BootID)
-		fmt.Fprintf(w, "backend:      %s (offered: %s)\n", st.Backend, strings.Join(st.Backends, ", "))
+		fmt.Fprintf(w, "backend:      %s (offered: %s)\n", st.Backend, strings.ReplaceAll(strings.Trim(fmt.Sprint(st.Backends), "[]"), " ", ", "))
 		fmt.Fprintf(w, "kernel banks: %s\n", orNone(st.Banks))
 		fmt.Fprintf(w, "records:      %d in the kernel's list\n", st.Count)
 		fmt.Fprintf(w, "flush_htable: %s\n", st.FlushHtable)
