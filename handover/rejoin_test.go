@@ -6,8 +6,11 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imakexec/imakexec/internal/kmodel"
 	"github.com/imakexec/imakexec/serialize"
@@ -282,4 +285,40 @@ func TestRejoinESTALE(t *testing.T) {
 		t.Fatalf("the carried staged records were not recognised as stored: %+v", r.Join)
 	}
 	e.mustVerify("after ESTALE kexec")
+}
+
+// TestRejoinAfterBusyFirstDrain: a reader holding the 7.2 list file makes the first drain
+// of a fresh store fail with EBUSY after it created the store, which then holds only its
+// header. That is an empty chain: rejoin starts the chain from the live list, never panics.
+func TestRejoinAfterBusyFirstDrain(t *testing.T) {
+	e := newKenv(t, kmodel.Config{Profile: kmodel.Profile72})
+	e.work(9)
+	dir, err := e.paths.IMADir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, "binary_runtime_measurements_sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Drain(t.Context(), DrainOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM(), BusyTimeout: 200 * time.Millisecond})
+	if !errors.Is(err, ErrBusy) {
+		f.Close()
+		t.Fatalf("first drain with a reader held: %v, want ErrBusy", err)
+	}
+	s, err := OpenStore(e.store)
+	if err != nil || !s.Exists() || len(s.Entries()) != 1 {
+		f.Close()
+		t.Fatalf("after the failed drain the store must hold only its header: %v, %d entries", err, len(s.Entries()))
+	}
+	f.Close()
+	n := uint64(len(e.k.Staged()) + len(e.k.List()))
+	r, err := e.rejoin(nil)
+	if err != nil {
+		t.Fatalf("rejoin on a header-only store: %v", err)
+	}
+	if !r.NewChain || r.Verify == nil || r.Verify.Records != n || r.Drain == nil || r.Drain.Stored != n {
+		t.Fatalf("rejoin on a header-only store: %+v, want a new chain of the %d live records", r, n)
+	}
+	e.mustVerify("after rejoin")
 }
