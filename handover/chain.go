@@ -2,6 +2,7 @@ package handover
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -167,7 +168,7 @@ func walkChain(s *Store, banks []serialize.Bank, obs *observer) (*serialize.Repl
 		ob.src, ob.seq = src, sg.FirstSeq
 		if err := r.AddAll(ob); err != nil {
 			var te *TamperError
-			if errors.As(err, &te) {
+			if errors.As(err, &te) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return nil, err
 			}
 			return nil, &TamperError{File: sg.File, What: fmt.Sprintf("segment %d: %v", sg.Number, err)}

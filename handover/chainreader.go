@@ -85,6 +85,12 @@ func (c *ChainReader) Next() (*serialize.Record, error) {
 		}
 		c.seq = sg.FirstSeq + c.n
 		c.n++
+		if c.n&4095 == 0 && c.s.ctx != nil {
+			if err := c.s.ctx.Err(); err != nil {
+				c.err = fmt.Errorf("read the store: %w", err)
+				return nil, c.err
+			}
+		}
 		return rec, nil
 	}
 }

@@ -144,7 +144,7 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	d := &drainer{o: o, res: &DrainResult{StoreDir: o.StoreDir}}
+	d := &drainer{o: o, ctx: ctx, res: &DrainResult{StoreDir: o.StoreDir}}
 	var err error
 	if d.ki, err = ReadKernelInfo(o.Paths); err != nil {
 		return nil, err
@@ -279,6 +279,7 @@ func defaultBanks(t transport.TPM, k *Kernel) ([]serialize.Bank, error) {
 
 type drainer struct {
 	o     DrainOptions
+	ctx   context.Context // polled while records are read; a cancelled drain deletes nothing
 	ki    KernelInfo
 	k     *Kernel
 	s     *Store

@@ -112,6 +112,11 @@ func (d *drainer) resolve(v bootView, open heldReader, forced *uint64) (uint64, 
 		if match >= 0 || i == need {
 			break
 		}
+		if i&4095 == 0 {
+			if err := d.interrupted(); err != nil {
+				return 0, err
+			}
+		}
 		rec, err := src.Next()
 		if errors.Is(err, io.EOF) {
 			break
@@ -183,6 +188,14 @@ func (d *drainer) pass(v bootView, delPoint uint64, open heldReader, source Sour
 			return nil, fmt.Errorf("read kernel list: %w", err)
 		}
 		pr.held++
+		if pr.held&4095 == 0 {
+			if err := d.interrupted(); err != nil {
+				if sw != nil {
+					sw.abort()
+				}
+				return nil, err
+			}
+		}
 		if !rec.IsViolation() {
 			pr.anyReal = true
 		}
@@ -228,5 +241,21 @@ func (d *drainer) pass(v bootView, delPoint uint64, open heldReader, source Sour
 		pr.seg = seg
 		pr.stored = seg.Count
 	}
+	// Every backend deletes right after this pass: a drain cancelled by now stops with its
+	// records stored and durable, and deletes nothing (the next drain finishes).
+	if err := d.interrupted(); err != nil {
+		return nil, err
+	}
 	return pr, nil
+}
+
+// interrupted returns the drain's context error, if it was cancelled.
+func (d *drainer) interrupted() error {
+	if d.ctx == nil {
+		return nil
+	}
+	if err := d.ctx.Err(); err != nil {
+		return fmt.Errorf("drain interrupted (what was stored is durable, nothing more was deleted; the next drain goes on): %w", err)
+	}
+	return nil
 }

@@ -59,6 +59,11 @@ type StoreStatus struct {
 // GetStatus gathers the status of the kernel interfaces, the TPM (t may be nil; tpmErr says
 // why) and the store. It changes nothing.
 func GetStatus(p Paths, storeDir string, t transport.TPM, tpmName string, tpmErr error) *Status {
+	return GetStatusContext(context.Background(), p, storeDir, t, tpmName, tpmErr)
+}
+
+// GetStatusContext is GetStatus that stops waiting for the store's lock when ctx is done.
+func GetStatusContext(ctx context.Context, p Paths, storeDir string, t transport.TPM, tpmName string, tpmErr error) *Status {
 	p = p.withDefaults()
 	st := &Status{Securityfs: p.Securityfs, TPM: tpmName, Count: -1}
 	ki, kerr := ReadKernelInfo(p)
@@ -91,7 +96,7 @@ func GetStatus(p Paths, storeDir string, t transport.TPM, tpmName string, tpmErr
 	st.Store.Dir = storeDir
 	// The shared lock, so a drain under way is not seen half done; status waits for it a
 	// little, then says who holds it.
-	ctx, cancel := context.WithTimeout(context.Background(), statusLockWait)
+	ctx, cancel := context.WithTimeout(ctx, statusLockWait)
 	defer cancel()
 	s := &Store{dir: storeDir}
 	if err := s.RLock(ctx); err != nil {

@@ -1,6 +1,7 @@
 package handover
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,9 +29,12 @@ var ErrBindingMismatch = errors.New("store belongs to another TPM power cycle")
 // handover format, and manifest.jsonl, a hash-chained list of entries (see Entry). Readers
 // take a shared flock on DIR/lock (RLock), writers (Drain, Rejoin, Archive) an exclusive one.
 type Store struct {
-	dir      string
-	lockf    *os.File
-	rlocked  bool // shared lock (lockf may be nil for a store never locked)
+	dir     string
+	lockf   *os.File
+	rlocked bool // shared lock (lockf may be nil for a store never locked)
+	// ctx is the context the lock was taken with: reading the chain (ChainReader) stops
+	// when it is done, so a signal ends a long verify, export or rejoin.
+	ctx      context.Context
 	entries  []Entry
 	lastHash string
 	good     int64 // length of the complete manifest lines

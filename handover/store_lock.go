@@ -52,7 +52,7 @@ func (s *Store) lock(ctx context.Context, how int, wait bool) error {
 		f, err = openStoreFileFlag(s.dir, lockName, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 		if errors.Is(err, os.ErrNotExist) {
 			// No store, or one never locked (nothing can be writing it): read it as is.
-			s.rlocked = true
+			s.rlocked, s.ctx = true, ctx
 			if err := s.load(); err != nil {
 				s.rlocked = false
 				return err
@@ -98,6 +98,7 @@ func (s *Store) lock(ctx context.Context, how int, wait bool) error {
 		}
 		delay = min(2*delay, 200*time.Millisecond)
 	}
+	s.ctx = ctx
 	if how == unix.LOCK_SH {
 		s.lockf, s.rlocked = f, true
 	} else {

@@ -133,6 +133,11 @@ func (s *Store) Archive(reason string) (string, error) {
 	if err := syncDir(dst); err != nil {
 		return "", err
 	}
+	// archive/ holds the new directory's entry: without this fsync a crash could lose it
+	// with the segments and manifest renamed into it.
+	if err := syncDir(filepath.Join(s.dir, archiveDir)); err != nil {
+		return "", err
+	}
 	if err := syncDir(s.dir); err != nil {
 		return "", err
 	}

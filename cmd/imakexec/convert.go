@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/pflag"
 
@@ -86,16 +85,16 @@ func (c *convertCmd) Run(ctx context.Context, env *Env, args []string) error {
 	recompute := c.bank != "" && (!known || bank.Name != srcBank.Name)
 
 	var out io.Writer = env.Stdout
-	var outFile *os.File
+	var outFile *os.File // seekable output, for the kexec header
+	var dst *output
 	if len(args) == 2 && args[1] != "-" {
-		// Write next to the target and rename, so a failed conversion leaves no half file.
-		outFile, err = os.CreateTemp(filepath.Dir(args[1]), ".imakexec-convert-*")
-		if err != nil {
+		// A regular file is written beside the target and renamed, so a failed conversion
+		// leaves no half file; a device or FIFO is written in place (createOutput).
+		if dst, err = createOutput(args[1]); err != nil {
 			return err
 		}
-		defer os.Remove(outFile.Name())
-		defer outFile.Close()
-		out = outFile
+		defer dst.abort()
+		out, outFile = dst.f, dst.seekable()
 	}
 	var n int
 	switch to {
@@ -119,13 +118,8 @@ func (c *convertCmd) Run(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: record %d: %w", args[0], n, err)
 	}
-	if outFile != nil {
-		if err := outFile.Sync(); err != nil {
-			return err
-		}
-		if err := os.Rename(outFile.Name(), args[1]); err != nil {
-			return err
-		}
+	if dst != nil {
+		return dst.commit()
 	}
 	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/pflag"
 
@@ -17,6 +16,7 @@ import (
 // exportCmd writes the whole chain in the kernel's formats.
 type exportCmd struct {
 	store, proc, format, bank, out, state string
+	appendTo                              string
 	from                                  uint64
 	storeOnly                             bool
 }
@@ -28,7 +28,7 @@ func (*exportCmd) Synopsis() string {
 	return "write the chain (store + live list) in the kernel's binary, ASCII or kexec format"
 }
 func (*exportCmd) Usage() string {
-	return "--format binary|ascii|kexec [--bank B] [--from SEQ] [-o FILE] [--store DIR]"
+	return "--format binary|ascii|kexec [--bank B] [--from SEQ] [-o FILE | --append FILE] [--store DIR]"
 }
 
 func (c *exportCmd) SetFlags(fs *pflag.FlagSet) {
@@ -37,7 +37,8 @@ func (c *exportCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.format, "format", "binary", "output format: binary, ascii or kexec")
 	fs.StringVar(&c.bank, "bank", "sha1", "bank of the template digests (binary, ascii)")
 	fs.Uint64Var(&c.from, "from", 0, "skip the first SEQ records; their replayed PCR state is written to --state (or stderr)")
-	fs.StringVarP(&c.out, "output", "o", "", "output file (default stdout)")
+	fs.StringVarP(&c.out, "output", "o", "", "output file (default stdout), replaced by rename when it is a regular file (a reader that keeps it open keeps the old one); a character device or FIFO is written in place; a symlink is refused")
+	fs.StringVar(&c.appendTo, "append", "", "write in place to FILE, which must hold an earlier export of this chain in this format (binary or ascii): its bytes are checked and only what follows is appended, so readers that keep FILE open see it grow")
 	fs.StringVar(&c.state, "state", "", "with --from: write the PCR state to resume from as JSON to this file")
 	fs.BoolVar(&c.storeOnly, "store-only", false, "leave out the live records not stored yet")
 }
@@ -54,15 +55,26 @@ func (c *exportCmd) Run(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
+	if c.appendTo != "" && (c.out != "" || c.from > 0 || format == serialize.FormatKexec) {
+		return usageErrorf("--append takes the whole chain in binary or ascii format, without -o or --from")
+	}
 	var out io.Writer = env.Stdout
-	var f *os.File
-	if c.out != "" && c.out != "-" {
-		if f, err = os.CreateTemp(filepath.Dir(c.out), ".imakexec-export-*"); err != nil {
+	var f *os.File // seekable output file, for the kexec header
+	var dst *output
+	var app *appender
+	switch {
+	case c.appendTo != "":
+		if app, err = openAppend(c.appendTo); err != nil {
 			return err
 		}
-		defer os.Remove(f.Name())
-		defer f.Close()
-		out = f
+		defer app.f.Close()
+		out = app
+	case c.out != "" && c.out != "-":
+		if dst, err = createOutput(c.out); err != nil {
+			return err
+		}
+		defer dst.abort()
+		out, f = dst.f, dst.seekable()
 	}
 	le := binary.LittleEndian
 	o := handover.ExportOptions{ChainOptions: handover.ChainOptions{Paths: handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}, StoreDir: c.store, StoreOnly: c.storeOnly}, From: c.from}
@@ -103,12 +115,18 @@ func (c *exportCmd) Run(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if f != nil {
-		if err := f.Sync(); err != nil {
+	switch {
+	case dst != nil:
+		if err := dst.commit(); err != nil {
 			return err
 		}
-		if err := os.Rename(f.Name(), c.out); err != nil {
+	case app != nil:
+		n, err := app.finish()
+		if err != nil {
 			return err
+		}
+		if env.Global.Verbose {
+			fmt.Fprintf(env.Stderr, "export: %s: %d bytes were there, %d appended (%d records in the chain)\n", c.appendTo, app.size, n, res.Records)
 		}
 	}
 	if c.from > 0 || c.state != "" {

@@ -40,9 +40,12 @@ func (c *statusCmd) Run(ctx context.Context, env *Env, args []string) error {
 	}
 	var st *handover.Status
 	if terr == nil {
-		st = handover.GetStatus(handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}, c.store, t, env.Global.TPM, nil)
+		st = handover.GetStatusContext(ctx, handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}, c.store, t, env.Global.TPM, nil)
 	} else {
-		st = handover.GetStatus(handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}, c.store, nil, env.Global.TPM, terr)
+		st = handover.GetStatusContext(ctx, handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}, c.store, nil, env.Global.TPM, terr)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("status: %w (%s)", err, st.Store.Err)
 	}
 	if c.json {
 		return writeJSON(env.Stdout, st)
