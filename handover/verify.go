@@ -248,7 +248,19 @@ func readExpected(t transport.TPM, banks []serialize.Bank, ima []uint32) (serial
 			base = append(base, p)
 		}
 	}
-	out, err := ReadPCRs(t, banks, base)
+	// A boot_aggregate is in the bank of ima_hash when the TPM has it
+	// (ima_calc_boot_aggregate), which need not be a replayed bank (a 6.1 kernel with
+	// ima_hash=sha512 and a store replaying sha1+sha256): PCRs 0-9 are read in every
+	// active bank the kernel can hash.
+	baseBanks := slices.Clone(banks)
+	if tb, err := ActiveBanks(t); err == nil {
+		for _, b := range tb {
+			if b.KernelHash() && !slices.ContainsFunc(baseBanks, func(x serialize.Bank) bool { return x.Name == b.Name }) {
+				baseBanks = append(baseBanks, b)
+			}
+		}
+	}
+	out, err := ReadPCRs(t, baseBanks, base)
 	if err != nil {
 		return nil, err
 	}
