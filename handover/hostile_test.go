@@ -184,7 +184,7 @@ func (f *forger) write() {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sch, err := serialize.ParseScheme(sg.Scheme); err == nil && rp != nil {
+		if sch, err := sg.Scheme.Extend(); err == nil && rp != nil {
 			rp.SetScheme(sch)
 		}
 		for i := range recs {

@@ -43,6 +43,9 @@ type WindowFile struct {
 	IMAXattr []byte
 	UID, GID uint32
 	Mode     uint16
+	// Algo is the algorithm the kernel measured this file in when its security.ima names
+	// one (ima_get_hash_algo); "" for IMAHash.
+	Algo string
 }
 
 // maxCandidates bounds the joins tried.
@@ -87,13 +90,17 @@ func windowCandidates(w *WindowInputs, order serialize.ByteOrder) ([]candidate, 
 	var items [][]option
 	for _, f := range w.Files {
 		var opts []option
-		d := f.Digests[algo]
+		fa := algo
+		if f.Algo != "" {
+			fa = f.Algo
+		}
+		d := f.Digests[fa]
 		if len(d) == 0 {
 			continue
 		}
 		for _, t := range fileTemplates {
 			for _, name := range f.Names {
-				rec, err := serialize.BuildRecord(t, serialize.Measured{PCR: pcr, Algo: algo, Digest: d, SHA1: f.Digests["sha1"],
+				rec, err := serialize.BuildRecord(t, serialize.Measured{PCR: pcr, Algo: fa, Digest: d, SHA1: f.Digests["sha1"],
 					Name: name, IMAXattr: f.IMAXattr, UID: f.UID, GID: f.GID, Mode: f.Mode}, order)
 				if err != nil {
 					continue

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/imakexec/imakexec/internal/kcmdline"
 	"github.com/imakexec/imakexec/serialize"
 )
 
@@ -88,18 +89,11 @@ func ReadKernelInfo(p Paths) (KernelInfo, error) {
 	return ki, nil
 }
 
-// cmdlineParam returns the value of key=value on the kernel command line, or whether a
-// bare key is present.
+// cmdlineParam returns the value of the first key=value kernel parameter, or whether a
+// bare key is present, by the kernel's own rules (package kcmdline: next_arg, parameq).
 func cmdlineParam(cmdline, key string) (string, bool) {
-	for _, f := range strings.Fields(cmdline) {
-		if f == key {
-			return "", true
-		}
-		if v, ok := strings.CutPrefix(f, key+"="); ok {
-			return v, true
-		}
-	}
-	return "", false
+	v, _, ok := kcmdline.Lookup(cmdline, key)
+	return v, ok
 }
 
 // IMAHash is the ima_hash= boot parameter, or "" when the kernel's built-in default is used.

@@ -1,7 +1,6 @@
 package initramfs
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -135,6 +134,8 @@ func BuildInitramfs(w io.Writer, o BuildOptions) error {
 	return writeAll(cpio.Newc.Writer(w), recs)
 }
 
+// readBuildFile reads a file for the image. Unlike store files it may be reached through
+// a symlink (/boot/vmlinuz is one on Debian): it is the operator's own input.
 func readBuildFile(name string) ([]byte, error) {
 	f, err := os.Open(name)
 	if err != nil {
@@ -148,12 +149,5 @@ func readBuildFile(name string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", name)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxBuildFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxBuildFile {
-		return nil, errors.New(name + ": file too large for an initramfs")
-	}
-	return b, nil
+	return readLimited(f, name, maxBuildFile)
 }

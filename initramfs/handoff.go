@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,9 +78,14 @@ type OldKernel struct {
 	// "log" (from the records), "cmdline" (ima_hash=), "flag", or "assumed" (sha256).
 	IMAHash       string   `json:"ima_hash"`
 	IMAHashSource string   `json:"ima_hash_source"`
-	Templates     []string `json:"templates,omitempty"` // template names (or formats) seen in the log
-	Banks         []string `json:"banks,omitempty"`     // PCR banks
-	IMAKexec      string   `json:"ima_kexec,omitempty"` // "yes", "no" or "" (unknown): kernel carries the list
+	IMAHashFrom   string   `json:"ima_hash_from,omitempty"`  // with "log": which records showed it
+	Templates     []string `json:"templates,omitempty"`      // template names (or formats) seen in the log
+	Banks         []string `json:"banks,omitempty"`          // PCR banks
+	IMAKexec      string   `json:"ima_kexec,omitempty"`      // "yes", "no" or "" (unknown): kernel carries the list
+	IMAKexecFrom  string   `json:"ima_kexec_from,omitempty"` // how IMAKexec is known
+	// MeasuresKexec says whether the policy measures a kexec function (KEXEC_KERNEL_CHECK,
+	// KEXEC_INITRAMFS_CHECK, KEXEC_CMDLINE); nil when the policy could not be read.
+	MeasuresKexec *bool `json:"measures_kexec,omitempty"`
 }
 
 // KernelImage is the kernel image given to kexec_file_load, as opened before the last drain.
@@ -91,10 +95,13 @@ type KernelImage struct {
 	Size         int64             `json:"size"`
 	Digests      map[string]string `json:"digests"`             // algorithm -> hex: ima_hash, and sha1 when a template has the d field
 	IMAXattr     string            `json:"ima_xattr,omitempty"` // security.ima value (hex), for ima-sig
-	EVMXattr     string            `json:"evm_xattr,omitempty"` // security.evm value (hex)
-	UID          uint32            `json:"uid"`
-	GID          uint32            `json:"gid"`
-	Mode         uint32            `json:"mode"`
+	// IMAAlgo is the algorithm the kernel hashes this file in when a template other than
+	// "ima" is used: the one security.ima names (ima_get_hash_algo), "" for ima_hash.
+	IMAAlgo  string `json:"ima_algo,omitempty"`
+	EVMXattr string `json:"evm_xattr,omitempty"` // security.evm value (hex)
+	UID      uint32 `json:"uid"`
+	GID      uint32 `json:"gid"`
+	Mode     uint32 `json:"mode"`
 	// AppendedSig is true when the image ends with "~Module signature appended~" (modsig).
 	AppendedSig bool `json:"appended_sig,omitempty"`
 }
@@ -316,36 +323,6 @@ func ReadHandoff(dir string) (*Handoff, error) {
 		f.Data = data
 	}
 	return h, nil
-}
-
-// readRegular reads a regular file without following a symlink, refusing more than max bytes.
-func readRegular(name string, max int64) ([]byte, error) {
-	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return nil, fmt.Errorf("%s is a symlink", name)
-		}
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", name)
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%s is %d bytes (limit %d)", name, fi.Size(), max)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s grew beyond %d bytes", name, max)
-	}
-	return b, nil
 }
 
 // MarshalHandoff encodes h as handoff.json after filling the store listing from files.

@@ -127,7 +127,7 @@ func (r hookRejoiner) Rejoin(ctx context.Context, h *initramfs.Handoff, storeDir
 	defer t.Close()
 	paths := handover.Paths{Securityfs: filepath.Join(r.root, "sys/kernel/security"), Proc: filepath.Join(r.root, "proc")}
 	res, err := handover.Rejoin(ctx, handover.RejoinOptions{Paths: paths, StoreDir: storeDir, TPM: t,
-		Window: windowFromHandoff(h, readCmdline(paths.Proc))})
+		Window: handover.WindowFromHandoff(h, handover.ReadProcCmdline(paths))})
 	if err != nil {
 		return &initramfs.Verdict{Verified: false, Summary: err.Error()}, nil
 	}

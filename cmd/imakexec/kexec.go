@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/spf13/pflag"
 
 	"github.com/imakexec/imakexec/handover"
@@ -65,8 +62,8 @@ func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
 	if c.append_ != "" && c.reuse {
 		return usageErrorf("--append and --reuse-cmdline exclude each other")
 	}
-	steps := &handoverSteps{paths: handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}, store: c.store, tpm: env.Global.TPM}
-	defer steps.close()
+	steps := handover.NewKexecSteps(handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}, c.store, env.Global.TPM)
+	defer steps.Close()
 	o := initramfs.KexecOptions{
 		Kernel: c.kernel, Initrd: c.initrd, Cmdline: c.append_, ReuseCmdline: c.reuse,
 		Store: c.store, LoadOnly: c.loadOnly, DryRun: c.dryRun, Force: c.force, IMAHash: c.imaHash,
@@ -104,6 +101,9 @@ func printKexecReport(env *Env, r *initramfs.KexecReport) {
 	default:
 		fmt.Fprintln(w, "not loaded:")
 	}
+	ok := r.OldKernel
+	fmt.Fprintf(w, "  running  %s, ima_hash %s (%s), templates %s\n", orUnknown(ok.Release), ok.IMAHash, hashSource(ok), orUnknown(strings.Join(ok.Templates, ", ")))
+	fmt.Fprintf(w, "           carries its list across kexec: %s; policy measures kexec: %s\n", yesNo(ok.IMAKexec, ok.IMAKexecFrom), boolKnown(ok.MeasuresKexec))
 	fmt.Fprintf(w, "  kernel   %s (%s, %d bytes, %s)\n", r.Kernel.Path, r.Kernel.ResolvedPath, r.Kernel.Size, digestList(r.Kernel.Digests))
 	if r.Handoff != nil && r.Handoff.Initrd.BasePath != "" {
 		fmt.Fprintf(w, "  initrd   %s (%d bytes, segments %s) + handoff archive\n", r.Handoff.Initrd.BasePath, r.Handoff.Initrd.BaseSize, strings.Join(r.Segments, ","))
@@ -133,6 +133,40 @@ func printKexecReport(env *Env, r *initramfs.KexecReport) {
 	}
 }
 
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func hashSource(o initramfs.OldKernel) string {
+	if o.IMAHashFrom != "" {
+		return o.IMAHashFrom
+	}
+	return o.IMAHashSource
+}
+
+func yesNo(v, from string) string {
+	if v == "" {
+		return "unknown"
+	}
+	if from != "" {
+		return v + " (" + from + ")"
+	}
+	return v
+}
+
+func boolKnown(b *bool) string {
+	switch {
+	case b == nil:
+		return "unknown (policy not readable)"
+	case *b:
+		return "yes"
+	}
+	return "no"
+}
+
 // digestList formats digests as "algo:hex, ..." in algorithm order.
 func digestList(m map[string]string) string {
 	var out []string
@@ -140,103 +174,4 @@ func digestList(m map[string]string) string {
 		out = append(out, a+":"+m[a])
 	}
 	return strings.Join(out, ", ")
-}
-
-// handoverSteps adapts package handover to initramfs.Steps. The TPM opened by Inspect is
-// kept for the drain.
-type handoverSteps struct {
-	paths  handover.Paths
-	store  string
-	tpm    string
-	t      transport.TPMCloser
-	tpmErr error
-}
-
-func (s *handoverSteps) close() {
-	if s.t != nil {
-		s.t.Close()
-	}
-}
-
-func (s *handoverSteps) Inspect(ctx context.Context) (*initramfs.State, error) {
-	s.t, s.tpmErr = handover.OpenTPM(s.tpm)
-	var t transport.TPM
-	if s.t != nil {
-		t = s.t
-	}
-	st := handover.GetStatus(s.paths, s.store, t, s.tpm, s.tpmErr)
-	out := &initramfs.State{
-		TPM: s.t != nil && st.TPMErr == "", TPMDetail: st.TPM, StoreBound: true, Pending: int(st.Count),
-		Backend: string(st.Backend), Banks: st.TPMBanks, Release: st.Release, BootID: st.BootID,
-	}
-	if st.TPMErr != "" {
-		out.TPMDetail = st.TPMErr
-	}
-	if m := st.Store.BindingMatch; m != nil && !*m {
-		out.StoreBound = false
-		out.StoreDetail = st.Store.BindingNote
-	}
-	if ki, err := handover.ReadKernelInfo(s.paths); err == nil {
-		out.IMAHash = ki.IMAHash()
-	}
-	return out, nil
-}
-
-// keepWritten bounds the bytes the last drain hands over (DrainOptions.KeepWritten). The
-// last drain before a kexec moves only what was measured since the previous drain; a
-// larger one leaves its files to be read again, and those reads recorded.
-const keepWritten = 64 << 20
-
-func (s *handoverSteps) Drain(ctx context.Context) (*initramfs.Drained, error) {
-	if s.t == nil {
-		return nil, fmt.Errorf("drain needs a TPM: %w", s.tpmErr)
-	}
-	res, err := handover.Drain(ctx, handover.DrainOptions{Paths: s.paths, StoreDir: s.store, TPM: s.t, KeepWritten: keepWritten})
-	if err != nil {
-		return nil, err
-	}
-	d := &initramfs.Drained{Records: int(res.Stored), Backend: string(res.Backend)}
-	if res.Carried {
-		d.KernelCarries = int(res.Held - res.Retained)
-	}
-	// The store is listed from the directory (a directory read is not measured). The drain
-	// hands over what it wrote: new segments whole, the lines it appended to the manifest;
-	// the flow takes every other file from its copy read before the drain. A file it
-	// cannot match (the bytes were not kept) is read again and recorded as a post-drain
-	// read.
-	whole := map[string][]byte{}
-	written := map[string]handover.Segment{}
-	for _, sg := range res.Segments {
-		written[sg.File] = sg
-	}
-	if w := res.Written; w != nil {
-		for _, f := range w.Segments {
-			whole[f.Name] = f.Data
-		}
-		a := initramfs.Appended{From: w.ManifestFrom, Data: w.Manifest, PrevLineSHA256: w.ManifestPrev}
-		if w.ManifestFrom == 0 {
-			whole[w.ManifestName] = w.Manifest
-		} else {
-			d.Appended = map[string]initramfs.Appended{w.ManifestName: a}
-		}
-	}
-	names, err := initramfs.ListStore(s.store)
-	if err != nil {
-		return nil, fmt.Errorf("list store after drain: %w", err)
-	}
-	d.Store = []initramfs.StoreFile{}
-	for _, n := range names {
-		fi, err := os.Lstat(filepath.Join(s.store, filepath.FromSlash(n)))
-		if err != nil {
-			return nil, fmt.Errorf("list store after drain: %w", err)
-		}
-		f := initramfs.StoreFile{Name: n, Size: fi.Size()}
-		if data, ok := whole[n]; ok && int64(len(data)) == f.Size {
-			f = initramfs.NewStoreFile(n, data)
-		} else if sg, ok := written[n]; ok {
-			f.SHA256 = sg.SHA256
-		}
-		d.Store = append(d.Store, f)
-	}
-	return d, nil
 }

@@ -75,8 +75,8 @@ func TestKexecCarriesStoreUnread(t *testing.T) {
 		t.Fatal(err)
 	}
 	var tr []string
-	steps := &handoverSteps{paths: paths, store: store, tpm: "unix:" + env.TPMSocket}
-	defer steps.close()
+	steps := handover.NewKexecSteps(paths, store, "unix:"+env.TPMSocket)
+	defer steps.Close()
 	o := initramfs.KexecOptions{
 		Kernel: kernel, Cmdline: "console=ttyS0 ima_template=ima-ng ima_hash=sha256", Store: store, Proc: env.Proc,
 		Trace: func(ev string) { tr = append(tr, "flow."+ev) },

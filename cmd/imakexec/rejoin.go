@@ -51,7 +51,7 @@ func (c *rejoinCmd) Run(ctx context.Context, env *Env, args []string) error {
 	defer t.Close()
 	paths := handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}
 	res, err := handover.Rejoin(ctx, handover.RejoinOptions{Paths: paths, StoreDir: c.store, TPM: t,
-		Window: windowFromHandoff(h, readCmdline(c.proc)), Backend: handover.Backend(c.backend)})
+		Window: handover.WindowFromHandoff(h, handover.ReadProcCmdline(handover.Paths{Proc: c.proc})), Backend: handover.Backend(c.backend)})
 	if c.json {
 		out := map[string]any{"joined": err == nil}
 		if res != nil {

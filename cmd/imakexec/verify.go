@@ -61,7 +61,7 @@ func (c *verifyCmd) Run(ctx context.Context, env *Env, args []string) error {
 		if err != nil && !errors.Is(err, initramfs.ErrNoHandoff) {
 			return notVerified(err)
 		}
-		o.Window = windowFromHandoff(h, readCmdline(c.proc))
+		o.Window = handover.WindowFromHandoff(h, handover.ReadProcCmdline(handover.Paths{Proc: c.proc}))
 	}
 	res, cause, err := verdict(handover.Verify(ctx, o))
 	if err != nil {
