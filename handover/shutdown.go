@@ -38,7 +38,44 @@ import (
 
 // DefaultShutdownMark is where ShutdownDrain leaves its mark for ShutdownJump: /run stays
 // mounted until the jump (systemd-shutdown keeps API filesystems) and is gone after it.
-const DefaultShutdownMark = "/run/imakexec/shutdown.json"
+const DefaultShutdownMark = "/run/imakexec-shutdown.json"
+
+// DefaultLoadedMark is left by imakexec kexec --load-only: the image was loaded with a
+// handoff, in this boot (its boot id). Without it the system-shutdown hook leaves the jump
+// to systemd-shutdown: another tool loaded the image.
+const DefaultLoadedMark = "/run/imakexec-loaded.json"
+
+// LoadedMark is the content of DefaultLoadedMark.
+type LoadedMark struct {
+	BootID  string `json:"boot_id"`
+	Kernel  string `json:"kernel"`
+	Cmdline string `json:"cmdline"`
+	Time    string `json:"time"`
+}
+
+// WriteLoadedMark notes that imakexec loaded the kexec image in this boot.
+func WriteLoadedMark(path, proc string, m LoadedMark) error {
+	if path == "" {
+		path = DefaultLoadedMark
+	}
+	m.BootID = readBootID(Paths{Proc: proc}.withDefaults().Proc)
+	m.Time = time.Now().UTC().Format(time.RFC3339Nano)
+	b, _ := json.Marshal(m)
+	return writeFileAtomic(path, append(b, '\n'))
+}
+
+// LoadedByImakexec reads the loaded mark: true when it is of this boot.
+func LoadedByImakexec(path, proc string) bool {
+	if path == "" {
+		path = DefaultLoadedMark
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	var m LoadedMark
+	return json.Unmarshal(b, &m) == nil && m.BootID != "" && m.BootID == readBootID(Paths{Proc: proc}.withDefaults().Proc)
+}
 
 // DefaultShutdownPreRead are the programs and files the rest of a systemd shutdown opens
 // after imakexec-shutdown.service stops (systemd 252-257, Debian and Fedora paths). Missing

@@ -17,6 +17,7 @@ import (
 // (system-shutdown/imakexec). See handover.ShutdownDrain.
 type shutdownCmd struct {
 	store, mark, proc, sysfs string
+	loaded                   string
 	allowUnproven, json      bool
 }
 
@@ -44,6 +45,7 @@ func (*shutdownCmd) Usage() string {
 func (c *shutdownCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.store, "store", handover.DefaultStoreDir, "handoff store directory")
 	fs.StringVar(&c.mark, "mark", handover.DefaultShutdownMark, "where the last drain notes the kernel's counters (on a tmpfs that lasts until the jump)")
+	fs.StringVar(&c.loaded, "loaded-mark", handover.DefaultLoadedMark, "left by imakexec kexec --load-only; without it (another tool loaded the image) jump does nothing")
 	fs.StringVar(&c.proc, "proc", handover.DefaultPaths().Proc, "procfs mount point")
 	fs.StringVar(&c.sysfs, "sysfs", "/sys", "sysfs mount point (kernel/kexec_loaded)")
 	fs.BoolVar(&c.allowUnproven, "allow-unproven", false, "jump even when records were measured after the last drain (the next rejoin will not verify)")
@@ -110,6 +112,10 @@ func (c *shutdownCmd) jump(env *Env, o handover.ShutdownOptions) error {
 	loaded, err := handover.KexecLoaded(o.Sysfs)
 	if err != nil || !loaded {
 		say(6, "no kexec image loaded; leaving the reboot to systemd-shutdown")
+		return nil
+	}
+	if !handover.LoadedByImakexec(c.loaded, c.proc) {
+		say(5, "the kexec image was not loaded by imakexec kexec --load-only in this boot; leaving the jump to systemd-shutdown")
 		return nil
 	}
 	if _, err := handover.ShutdownCheck(o); err != nil {
