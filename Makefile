@@ -6,12 +6,55 @@ BIN       := bin/imakexec
 STATICCHECK_VERSION := v0.8.2
 export GOTOOLCHAIN := local
 
-.PHONY: all build deps test test-unit bench fuzz lint demo clean
+.PHONY: all build deps test test-unit bench fuzz lint demo clean install deb man
 
 all: build
 
+# Version: a VERSION file (release tarballs) wins, else git describe.
+VERSION   ?= $(shell cat VERSION 2>/dev/null || git describe --tags --always --dirty 2>/dev/null || echo 0.0.0)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+
 build:
-	$(GO) build -trimpath -o $(BIN) ./cmd/imakexec
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/imakexec
+
+man: build
+	mkdir -p out
+	$(GO) run ./internal/cmd/mangen -bin $(BIN) -version '$(VERSION)' > out/imakexec.8
+
+# make install [PREFIX=/usr] [DESTDIR=...]: the binary, the systemd units and shutdown hook,
+# the initramfs-tools hook and script, the dracut module, the man page.
+PREFIX    ?= /usr
+BINDIR    ?= $(PREFIX)/bin
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+SHUTDOWNDIR ?= $(PREFIX)/lib/systemd/system-shutdown
+INITRAMFSTOOLSDIR ?= $(PREFIX)/share/initramfs-tools
+DRACUTDIR ?= $(PREFIX)/lib/dracut
+MANDIR    ?= $(PREFIX)/share/man
+DOCDIR    ?= $(PREFIX)/share/doc/imakexec
+install: build man
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/imakexec
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	for u in dist/systemd/*.service dist/systemd/*.timer dist/systemd/*.target; do \
+		sed 's|/usr/bin/imakexec|$(BINDIR)/imakexec|g' "$$u" > $(DESTDIR)$(UNITDIR)/$$(basename "$$u") || exit 1; \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename "$$u"); done
+	install -d -m 0755 $(DESTDIR)$(SHUTDOWNDIR)
+	sed 's|/usr/bin/imakexec|$(BINDIR)/imakexec|g' dist/system-shutdown/imakexec > $(DESTDIR)$(SHUTDOWNDIR)/imakexec
+	chmod 0755 $(DESTDIR)$(SHUTDOWNDIR)/imakexec
+	install -D -m 0755 dist/initramfs-tools/hooks/imakexec $(DESTDIR)$(INITRAMFSTOOLSDIR)/hooks/imakexec
+	install -D -m 0755 dist/initramfs-tools/scripts/init-bottom/imakexec $(DESTDIR)$(INITRAMFSTOOLSDIR)/scripts/init-bottom/imakexec
+	install -D -m 0755 dist/dracut/90imakexec/module-setup.sh $(DESTDIR)$(DRACUTDIR)/modules.d/90imakexec/module-setup.sh
+	install -D -m 0755 dist/dracut/90imakexec/imakexec-keep-handoff.sh $(DESTDIR)$(DRACUTDIR)/modules.d/90imakexec/imakexec-keep-handoff.sh
+	install -D -m 0644 dist/dracut/90imakexec.conf $(DESTDIR)$(DRACUTDIR)/dracut.conf.d/90imakexec.conf
+	install -d -m 0755 $(DESTDIR)$(MANDIR)/man8
+	gzip -9n < out/imakexec.8 > $(DESTDIR)$(MANDIR)/man8/imakexec.8.gz
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+
+# make deb: out/imakexec_<version>_<arch>.deb with dpkg-deb, from this tree.
+DEBARCH   ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+deb:
+	rm -rf out/deb && mkdir -p out/deb
+	$(MAKE) install DESTDIR=$(CURDIR)/out/deb PREFIX=/usr
+	scripts/mkdeb.sh out/deb '$(VERSION)' '$(DEBARCH)' out
 
 deps:
 	./scripts/install-deps.sh

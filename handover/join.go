@@ -497,7 +497,7 @@ func (p *joinPlan) diagnose(w *WindowInputs, rest int) string {
 	case p.carried > 0:
 		return "records measured between the kernel's copy of its list and the jump are missing and could not be reconstructed"
 	case w == nil:
-		return "the old kernel carried nothing and there is no handoff describing the kexec window: records measured after the last drain (the kexec_file_load measurements) cannot be reconstructed"
+		return "the old kernel carried nothing and there is no handoff describing the kexec window: records measured after the last drain (by the shutdown and the tool that made the jump, and under a policy with KEXEC_* rules by kexec_file_load) cannot be reconstructed"
 	default:
 		return "the old kernel carried nothing and no reconstruction of the kexec-window records (kernel image, initrd, command line) replays: records the handoff does not describe were measured after the last drain"
 	}

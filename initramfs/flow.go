@@ -22,6 +22,7 @@ type KexecOptions struct {
 	ReuseCmdline bool   // take the running kernel's /proc/cmdline
 	Store        string // handoff store directory
 	LoadOnly     bool   // load, do not jump
+	StoreOnDisk  bool   // the store is on a persistent filesystem: carry only its listing (Handoff.DiskStore)
 	DryRun       bool   // read inputs and report the plan; no drain, no load
 	Force        bool   // go on despite refusals (except the ones that cannot be forced)
 	IMAHash      string // override the ima_hash algorithm
@@ -349,6 +350,13 @@ func lastDrain(ctx context.Context, o KexecOptions, steps Steps, p *plan, snapsh
 		return nil, true, err
 	}
 	h.PostDrainReads = reads
+	if o.StoreOnDisk {
+		h.DiskStore = &StoreInfo{Dir: o.Store}
+		for _, f := range files {
+			h.DiskStore.Files = append(h.DiskStore.Files, StoreFile{Name: f.Name, Size: f.Size, SHA256: f.SHA256})
+		}
+		files = nil
+	}
 	return files, true, nil
 }
 

@@ -67,6 +67,10 @@ type Handoff struct {
 	LoadOnly bool `json:"load_only,omitempty"`
 	// Forced lists the refusals that --force overrode.
 	Forced []string `json:"forced,omitempty"`
+	// DiskStore lists the store files left on a persistent filesystem instead of being
+	// carried (KexecOptions.StoreOnDisk): the first Size bytes of each hash to SHA256 (the
+	// manifest only grows). Rejoin names a store on disk that disagrees.
+	DiskStore *StoreInfo `json:"disk_store,omitempty"`
 }
 
 // OldKernel is the kernel that ran kexec_file_load.

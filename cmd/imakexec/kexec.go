@@ -22,6 +22,7 @@ type kexecCmd struct {
 	store, proc, imaHash    string
 	loadOnly, dryRun, force bool
 	json                    bool
+	carry                   string
 }
 
 func init() { register(&kexecCmd{}) }
@@ -50,6 +51,7 @@ func (c *kexecCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.dryRun, "dry-run", false, "print the plan (what is drained, carried, predicted) and change nothing")
 	fs.BoolVar(&c.force, "force", false, "jump even when the log could not be proven afterwards")
 	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
+	fs.StringVar(&c.carry, "carry", "auto", "what the initrd carries: store (every store file), window (the kexec-window description; the store stays on disk) or auto (window when the store is on a persistent filesystem)")
 }
 
 func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
@@ -69,6 +71,10 @@ func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
 		Store: c.store, LoadOnly: c.loadOnly, DryRun: c.dryRun, Force: c.force, IMAHash: c.imaHash,
 		Proc: c.proc,
 	}
+	var err error
+	if o.StoreOnDisk, err = storeOnDisk(c.carry, c.store); err != nil {
+		return err
+	}
 	if env.Global.Verbose {
 		// Each phase with the milliseconds since the process started, so that a slow
 		// phase shows (the VM tests report them).
@@ -77,6 +83,9 @@ func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
 		}
 	}
 	rep, err := initramfs.RunKexec(ctx, o, steps, initramfs.SysKexec{})
+	if err == nil && rep != nil && rep.Loaded && c.loadOnly {
+		noteLoaded(env, rep)
+	}
 	if rep != nil && (rep.Kernel.Path != "" || len(rep.Refusals) > 0) {
 		if c.json {
 			if jerr := writeJSON(env.Stdout, rep); jerr != nil && err == nil {

@@ -28,7 +28,7 @@ func (*rejoinCmd) Usage() string { return "[--store DIR] [--handoff DIR] [--json
 func (c *rejoinCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.store, "store", handover.DefaultStoreDir, "handoff store directory")
 	fs.StringVar(&c.proc, "proc", handover.DefaultPaths().Proc, "procfs mount point")
-	fs.StringVar(&c.handoff, "handoff", "", "directory of the old kernel's handoff (the initramfs's /"+initramfs.HandoffDir+"); describes the kexec window")
+	fs.StringVar(&c.handoff, "handoff", "", "directory of the old kernel's handoff, which describes the kexec window (default: "+KeptHandoffDir+", then /"+initramfs.HandoffDir+", then STORE/handoff)")
 	fs.StringVar(&c.backend, "backend", "auto", "kernel interface for the drain that follows the join")
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON")
 }
@@ -37,12 +37,13 @@ func (c *rejoinCmd) Run(ctx context.Context, env *Env, args []string) error {
 	if len(args) != 0 {
 		return usageErrorf("rejoin takes no arguments")
 	}
-	var h *initramfs.Handoff
-	if c.handoff != "" {
-		var err error
-		if h, err = initramfs.ReadHandoff(c.handoff); err != nil && !errors.Is(err, initramfs.ErrNoHandoff) {
-			return notVerified(err)
-		}
+	// Without --handoff: the copy the initramfs kept, its /imakexec, or beside the store.
+	h, _, err := findHandoff(c.handoff, c.store)
+	if err == nil {
+		err = checkDiskStore(h, c.store)
+	}
+	if err != nil {
+		return notVerified(err)
 	}
 	t, err := handover.OpenTPM(env.Global.TPM)
 	if err != nil {
@@ -52,6 +53,7 @@ func (c *rejoinCmd) Run(ctx context.Context, env *Env, args []string) error {
 	paths := handover.Paths{Securityfs: env.Global.Securityfs, Proc: c.proc}
 	res, err := handover.Rejoin(ctx, handover.RejoinOptions{Paths: paths, StoreDir: c.store, TPM: t,
 		Window: handover.WindowFromHandoff(h, handover.ReadProcCmdline(handover.Paths{Proc: c.proc})), Backend: handover.Backend(c.backend)})
+	err = explainJoinError(err, h)
 	if c.json {
 		out := map[string]any{"joined": err == nil}
 		if res != nil {
