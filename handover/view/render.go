@@ -1,0 +1,58 @@
+package view
+
+import (
+	"github.com/imakexec/imakexec/handover"
+	"github.com/imakexec/imakexec/serialize"
+)
+
+// renderer renders records in one format with serialize's writers (the one implementation
+// of the kernel's list formats), appending to a byte slice.
+type renderer struct {
+	f    Format
+	dg   *serialize.Digester
+	sink sink
+	bw   *serialize.BinaryWriter
+	aw   *serialize.ASCIIWriter
+}
+
+type sink struct{ b []byte }
+
+func (s *sink) Write(p []byte) (int, error) { s.b = append(s.b, p...); return len(p), nil }
+
+func newRenderer(f Format) *renderer {
+	r := &renderer{f: f, dg: serialize.NewDigester()}
+	if f.Kind == ASCII {
+		r.aw = serialize.NewASCIIWriter(&r.sink, handover.StoreOrder, f.Bank, r.dg)
+	} else {
+		r.bw = serialize.NewBinaryWriter(&r.sink, handover.StoreOrder, f.Bank, r.dg)
+	}
+	return r
+}
+
+// setScheme sets the extend scheme of the kernel that measured the next records (the
+// digests of banks other than SHA1 follow it).
+func (r *renderer) setScheme(s string) {
+	sc, err := serialize.ParseScheme(s)
+	if err != nil {
+		sc = serialize.SchemeHash
+	}
+	r.dg.Scheme = sc
+}
+
+// append renders rec after b and returns the extended slice.
+func (r *renderer) append(b []byte, rec *serialize.Record) ([]byte, error) {
+	r.sink.b = b
+	var err error
+	if r.aw != nil {
+		if err = r.aw.Write(rec); err == nil {
+			err = r.aw.Flush()
+		}
+	} else {
+		if err = r.bw.Write(rec); err == nil {
+			err = r.bw.Flush()
+		}
+	}
+	b = r.sink.b
+	r.sink.b = nil
+	return b, err
+}
