@@ -82,7 +82,7 @@ func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again b
 	if err != nil {
 		return nil, false, err
 	}
-	sn = &Snapshot{Store: s, BootID: ki.BootID, Scheme: ki.Scheme(), Joined: true}
+	sn = &Snapshot{Store: s, BootID: ki.BootID, Scheme: ki.Scheme().String(), Joined: true}
 	var skip uint64
 	if s.Exists() {
 		bs := s.Boot(ki.BootID)

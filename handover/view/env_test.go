@@ -77,7 +77,7 @@ func (e *env) work(n int) {
 	}
 }
 
-func (e *env) drain(backend string) *handover.DrainResult {
+func (e *env) drain(backend handover.Backend) *handover.DrainResult {
 	e.t.Helper()
 	r, err := handover.Drain(context.Background(), handover.DrainOptions{Paths: e.paths, StoreDir: e.store, Backend: backend, TPM: e.k.TPM(), BusyTimeout: 5 * time.Second})
 	if err != nil {

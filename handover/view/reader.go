@@ -180,7 +180,7 @@ func (r *Reader) render(ctx context.Context, want int) (bool, error) {
 			if err != nil {
 				return false, err
 			}
-			r.rend.setScheme(sg.Scheme)
+			r.rend.setScheme(string(sg.Scheme))
 			if r.buf, err = r.rend.append(r.buf, rec); err != nil {
 				return false, fmt.Errorf("render record %d: %w", r.next.seq, err)
 			}

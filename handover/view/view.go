@@ -254,7 +254,7 @@ func (v *View) index(c *chain, s *handover.Store, sg handover.Segment) error {
 	cr := s.SegmentReader(sg)
 	defer cr.Close()
 	ar := newRenderer(Format{ASCII, serialize.SHA1})
-	ar.setScheme(sg.Scheme)
+	ar.setScheme(string(sg.Scheme))
 	si := len(c.segs)
 	c.segs = append(c.segs, sg)
 	foff := int64(serialize.KexecHeaderSize)
