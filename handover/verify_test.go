@@ -170,7 +170,11 @@ func dupSegment(t *testing.T, dir string, sg Segment) {
 	}
 	segs := s.ChainSegments()
 	last := segs[len(segs)-1]
-	r, _ := serialize.NewReplayer(serialize.ReplayOptions{Start: mustPCRs(t, last.PCRs)})
+	banks, err := headerBanks(s.Header())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := serialize.NewReplayer(serialize.ReplayOptions{Banks: banks, Start: mustPCRs(t, last.PCRs)})
 	n := sg
 	old := lastSegmentOf(s, sg.Boot.BootID)
 	n.FirstSeq, n.Boot.FirstIndex = last.End(), old.Boot.FirstIndex+old.Count
