@@ -3,9 +3,13 @@ package handover
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"slices"
 
 	"github.com/imakexec/imakexec/serialize"
 )
@@ -143,51 +147,226 @@ func (s *segmentSource) next() bool {
 	return true
 }
 
-// walkChain replays the store's chain from zero, checking every segment file and every
-// segment's recorded PCR values on the way (a dropped, reordered or edited segment is a
-// *TamperError naming it). It returns the replayer positioned after the chain, so the live
-// list can continue it.
+// walkChain replays the store's chain from zero with the one chain verifier (Store.walk)
+// and returns the replayer positioned after the chain, so the live list can continue it.
 func walkChain(s *Store, banks []serialize.Bank, obs *observer) (*serialize.Replayer, error) {
+	r, _, err := s.walk(banks, obs)
+	return r, err
+}
+
+// walk is the one chain verifier, behind Check, verify and rejoin: it reads every segment
+// file in manifest order, duplicate segments included (present, regular, size, SHA-256,
+// record count, numbering and sequence continuity: ChainReader), validates every field of
+// every segment entry once (checkSegmentFields; first_index continuity per boot, the boot
+// hashes, a duplicate's claim against the records it repeats), replays the chain's records
+// in banks with each segment's extend scheme, and requires the values the manifest records
+// after each segment to agree with the replay in every bank both hold. Any difference is a
+// *TamperError naming the file, line or segment. obs, when set, sees every chain record.
+//
+// The recorded values are a consistency check of the store, never what a verdict rests
+// on: an attacker who rewrites the store recomputes them too (see trust.go).
+func (s *Store) walk(banks []serialize.Bank, obs *observer) (*serialize.Replayer, *CheckResult, error) {
+	res := &CheckResult{PCRs: serialize.PCRValues{}}
 	r, err := serialize.NewReplayer(serialize.ReplayOptions{Banks: banks, Order: storeOrder, DigestBank: &serialize.SHA1})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	segs := s.ChainSegments()
-	cr := s.Reader()
+	h := s.Header()
+	if h == nil {
+		return r, res, nil
+	}
+	hb, err := headerBanks(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	if obs == nil {
+		obs = &observer{}
+	}
+	segs := s.Segments()
+	lineOf := map[int]int{}
+	for _, e := range s.entries {
+		if e.Segment != nil {
+			lineOf[e.Segment.Number] = e.Index + 1
+		}
+	}
+	cr := s.allReader()
 	defer cr.Close()
 	src := &segmentSource{cr: cr, seg: -1}
-	ob := &observed{obs: obs}
+	ws := &walkSource{src: src, dg: serialize.NewDigester()}
+	bootEnd := map[string]uint64{}
+	bootSt := map[string]string{}
+	// sums[boot][end] is the boot hash sum of that boot's records [0, end).
+	sums := map[string]map[uint64]string{}
 	for src.next() {
 		sg := &segs[src.seg]
-		scheme, err := sg.Scheme.Extend()
-		if err != nil {
-			return nil, &TamperError{File: manifestName, What: fmt.Sprintf("segment %d: %v", sg.Number, err)}
-		}
-		r.SetScheme(scheme)
-		obs.scheme = scheme
-		ob.src, ob.seq = src, sg.FirstSeq
-		if err := r.AddAll(ob); err != nil {
-			var te *TamperError
-			if errors.As(err, &te) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return nil, err
+		line := lineOf[sg.Number]
+		tamper := func(file, format string, a ...any) error {
+			what := fmt.Sprintf("segment %d: ", sg.Number) + fmt.Sprintf(format, a...)
+			if file == manifestName {
+				return &TamperError{File: file, Line: line, What: what}
 			}
-			return nil, &TamperError{File: sg.File, What: fmt.Sprintf("segment %d: %v", sg.Number, err)}
+			return &TamperError{File: file, What: fmt.Sprintf("%s (line %d)", what, line)}
+		}
+		scheme, err := checkSegmentFields(sg)
+		if err != nil {
+			return nil, nil, tamper(manifestName, "%v", err)
+		}
+		id := sg.Boot.BootID
+		if end, ok := bootEnd[id]; ok && sg.Boot.FirstIndex != end {
+			return nil, nil, tamper(manifestName, "starts at index %d of boot %s, the previous one ended at %d", sg.Boot.FirstIndex, id, end)
+		}
+		if ws.bh, err = newBootHasher(bootSt[id]); err != nil {
+			return nil, nil, tamper(manifestName, "boot hash state: %v", err)
+		}
+		if sg.InChain() {
+			r.SetScheme(scheme)
+			obs.scheme = scheme
+			ws.obs, ws.seq = obs, sg.FirstSeq
+			if err := r.AddAll(ws); err != nil {
+				var te *TamperError
+				if errors.As(err, &te) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+					return nil, nil, err
+				}
+				return nil, nil, tamper(sg.File, "%v", err)
+			}
+		} else {
+			ws.obs = nil
+			for {
+				if _, err := ws.Next(); errors.Is(err, io.EOF) {
+					break
+				} else if err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+		if ws.bh.sum() != sg.BootSum || ws.bh.state() != sg.BootHash {
+			return nil, nil, tamper(sg.File, "boot hash differs from the manifest")
+		}
+		end := sg.Boot.FirstIndex + sg.Count
+		bootEnd[id], bootSt[id] = end, sg.BootHash
+		if sums[id] == nil {
+			sums[id] = map[uint64]string{0: hex.EncodeToString(sha256.New().Sum(nil))}
+		}
+		sums[id][end] = sg.BootSum
+		res.Segments++
+		res.Bytes += sg.Size
+		if d := sg.Duplicates; d != nil {
+			// A carried head from index 0 must hash like the old kernel's stored list.
+			if want, ok := sums[d.BootID][d.To]; d.From == 0 && ok && want != sg.BootSum {
+				return nil, nil, tamper(sg.File, "does not repeat records [0,%d) of boot %s as it claims", d.To, d.BootID)
+			}
+			continue
 		}
 		want, err := decodePCRs(sg.PCRs)
 		if err != nil {
-			return nil, &TamperError{File: manifestName, What: fmt.Sprintf("segment %d: %v", sg.Number, err)}
+			return nil, nil, tamper(manifestName, "%v", err)
 		}
-		if !hintsAgree(r.State(), want, banks) {
-			return nil, &TamperError{File: sg.File, What: fmt.Sprintf("segment %d replays to PCR values other than the manifest records for it", sg.Number)}
+		if !hintsMatch(r.State(), want, banks, hb) {
+			return nil, nil, tamper(sg.File, "replays to PCR values other than the manifest records for it")
 		}
 	}
 	if err := cr.err; err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		return nil, nil, err
+	}
+	if res.Segments != len(segs) {
+		return nil, nil, &TamperError{File: manifestName, What: fmt.Sprintf("%d segments checked of %d (a segment without records)", res.Segments, len(segs))}
 	}
 	if uint64(r.Records()) != s.Records() {
-		return nil, &TamperError{File: manifestName, What: fmt.Sprintf("the chain has %d records, the manifest says %d", r.Records(), s.Records())}
+		return nil, nil, &TamperError{File: manifestName, What: fmt.Sprintf("the chain has %d records, the manifest says %d", r.Records(), s.Records())}
 	}
-	return r, nil
+	res.Records = uint64(r.Records())
+	res.PCRs = onlyBanks(r.State(), hb)
+	return r, res, nil
+}
+
+// walkSource yields one segment's records from a segmentSource, adding each record's
+// kexec-format bytes to the boot hash and showing chain records to the observer.
+type walkSource struct {
+	src *segmentSource
+	bh  *bootHasher
+	obs *observer // nil for a duplicate segment
+	seq uint64
+	dg  *serialize.Digester
+	buf []byte
+}
+
+func (w *walkSource) Next() (*serialize.Record, error) {
+	rec, err := w.src.Next()
+	if err != nil {
+		return nil, err
+	}
+	if w.buf, err = serialize.AppendKexecRecord(w.buf[:0], rec, w.dg, storeOrder); err != nil {
+		return nil, err
+	}
+	w.bh.h.Write(w.buf)
+	if w.obs != nil {
+		w.obs.see(w.seq, rec)
+		w.seq++
+	}
+	return rec, nil
+}
+
+// checkSegmentFields validates the fields of a segment entry that no file content checks:
+// every value must be one this package writes. It returns the segment's extend scheme.
+func checkSegmentFields(sg *Segment) (serialize.Scheme, error) {
+	scheme, err := sg.Scheme.Extend()
+	if err != nil {
+		return 0, err
+	}
+	switch sg.Source {
+	case SourceStaged, SourceDeletedN, SourceTrimmed, SourceSnapshot, SourceCarried, SourceReconstructed, SourceDuplicate:
+	default:
+		return 0, fmt.Errorf("unknown source %q", sg.Source)
+	}
+	if (sg.Source == SourceDuplicate) != (sg.Duplicates != nil) {
+		return 0, fmt.Errorf("source %q with duplicates %v", sg.Source, sg.Duplicates != nil)
+	}
+	if d := sg.Duplicates; d != nil && (d.To < d.From || d.To-d.From != sg.Count || d.BootID == "") {
+		return 0, fmt.Errorf("duplicate range [%d,%d) of boot %q for %d records", d.From, d.To, d.BootID, sg.Count)
+	}
+	if len(sg.Reconstructed) > 0 && sg.Source != SourceReconstructed {
+		return 0, fmt.Errorf("reconstructed records in a segment of source %q", sg.Source)
+	}
+	if sg.ByteOrder != "little" {
+		return 0, fmt.Errorf("byte order %q (segments are little-endian)", sg.ByteOrder)
+	}
+	if sg.FlushHtable != "on" && sg.FlushHtable != "off" {
+		return 0, fmt.Errorf("flush_htable %q", sg.FlushHtable)
+	}
+	if sg.Boot.BootID == "" {
+		return 0, errors.New("no boot id")
+	}
+	if sg.Count > uint64(math.MaxInt64) || sg.FirstSeq > math.MaxUint64-sg.Count || sg.Boot.FirstIndex > math.MaxUint64-sg.Count {
+		return 0, fmt.Errorf("count %d, first_seq %d, first_index %d out of range", sg.Count, sg.FirstSeq, sg.Boot.FirstIndex)
+	}
+	return scheme, nil
+}
+
+// hintsMatch reports whether the values the manifest records after a segment (want) agree
+// with the replay (got): they name only header banks, and in every header bank that was
+// replayed they equal the replay, PCR for PCR.
+func hintsMatch(got, want serialize.PCRValues, replayed, header []serialize.Bank) bool {
+	inHeader := func(name string) bool {
+		return slices.ContainsFunc(header, func(b serialize.Bank) bool { return b.Name == name })
+	}
+	for _, m := range want {
+		for name := range m {
+			if !inHeader(name) {
+				return false
+			}
+		}
+	}
+	for _, b := range replayed {
+		if !inHeader(b.Name) {
+			continue
+		}
+		for p := uint32(0); p < serialize.MaxPCR; p++ {
+			if !bytes.Equal(got.Get(p, b.Name), want.Get(p, b.Name)) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // knowsBoot reports whether the store's chain includes the kernel with this boot id: it

@@ -327,20 +327,3 @@ func (p *prover) rest(src serialize.Source) (int, error) {
 type emptySource struct{}
 
 func (emptySource) Next() (*serialize.Record, error) { return nil, io.EOF }
-
-// hintsAgree reports whether the store's recorded PCR values (a hint) agree with the replay
-// in every bank both have: a store whose own values disagree with its records was edited.
-func hintsAgree(got, want serialize.PCRValues, banks []serialize.Bank) bool {
-	for p, m := range want {
-		for name, v := range m {
-			if !slices.ContainsFunc(banks, func(b serialize.Bank) bool { return b.Name == name }) {
-				continue
-			}
-			g := got.Get(p, name)
-			if g == nil || string(g) != string(v) {
-				return false
-			}
-		}
-	}
-	return true
-}

@@ -170,7 +170,11 @@ func dupSegment(t *testing.T, dir string, sg Segment) {
 	}
 	segs := s.ChainSegments()
 	last := segs[len(segs)-1]
-	r, _ := serialize.NewReplayer(serialize.ReplayOptions{Start: mustPCRs(t, last.PCRs)})
+	banks, err := headerBanks(s.Header())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := serialize.NewReplayer(serialize.ReplayOptions{Banks: banks, Start: mustPCRs(t, last.PCRs)})
 	n := sg
 	old := lastSegmentOf(s, sg.Boot.BootID)
 	n.FirstSeq, n.Boot.FirstIndex = last.End(), old.Boot.FirstIndex+old.Count
@@ -278,7 +282,7 @@ func (e *kenv) exportEvmctl() *ExportResult {
 }
 
 // racingTPM measures one more record right after answering the first PCR_Read: the list
-// then runs ahead of the PCR values verify read (spec §6.4). With stale set, every later
+// then runs ahead of the PCR values verify read (IMA extends in list order). With stale set, every later
 // PCR_Read gets that first answer again, as a TPM the record never reached would.
 type racingTPM struct {
 	e     *kenv
@@ -378,4 +382,67 @@ func restrict(v serialize.PCRValues, pcrs map[uint32]bool, banks []serialize.Ban
 		}
 	}
 	return out
+}
+
+// TestVerifyGivenPCRs: with expected values given (--pcrs FILE), the banks compared are the
+// banks given and every PCR a record touches must have a value in each, else NOT VERIFIED
+// (ErrUncovered); an empty set proves nothing. The store's claims do not widen or narrow it.
+func TestVerifyGivenPCRs(t *testing.T) {
+	e := newKenv(t, kmodel.Config{Profile: kmodel.ProfileDebian61})
+	e.work(6)
+	if _, err := e.rejoin(nil); err != nil {
+		t.Fatal(err)
+	}
+	e.work(3)
+	all, err := e.k.PCRs(allPCRs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	given := func(banks []string, pcrs ...uint32) serialize.PCRValues {
+		v := serialize.PCRValues{}
+		for _, p := range pcrs {
+			for _, b := range banks {
+				v.Set(p, b, all.Get(p, b))
+			}
+		}
+		return v
+	}
+	run := func(v serialize.PCRValues) (*VerifyResult, error) {
+		t.Helper()
+		res, cause, err := verdictOf(Verify(context.Background(), VerifyOptions{Paths: e.paths, StoreDir: e.store, PCRs: v}))
+		if err != nil {
+			t.Fatalf("verify could not run: %v", err)
+		}
+		return res, cause
+	}
+	pcrs0to10 := []uint32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	// sha256 only (the boot_aggregate is sha256 here: ima_hash=sha256).
+	res, cause := run(given([]string{"sha256"}, pcrs0to10...))
+	if cause != nil {
+		t.Fatalf("sha256 values of PCRs 0-10: %v", cause)
+	}
+	if len(res.Banks) != 1 || res.Banks[0].Name != "sha256" || len(res.NotCompared) == 0 {
+		t.Fatalf("banks %v, not compared %q: want sha256 only, named", res.Banks, res.NotCompared)
+	}
+	if _, cause := run(serialize.PCRValues{}); !errors.Is(cause, ErrUncovered) {
+		t.Fatalf("empty expected set: %v, want ErrUncovered", cause)
+	}
+	if _, cause := run(given([]string{"sha1", "sha256"}, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)); !errors.Is(cause, ErrUncovered) || !strings.Contains(cause.Error(), "PCR 10") {
+		t.Fatalf("values without PCR 10: %v, want ErrUncovered naming PCR 10", cause)
+	}
+	// A record in PCR 11 the store invents, with a header listing no banks (so no recorded
+	// value is compared with the replay): the given values have no PCR 11, so it cannot be
+	// proven.
+	f := loadForger(t, e.store)
+	f.header().Banks = nil
+	n := f.seg(-1).Number
+	f.recs[n] = append(f.recs[n], invent(t, 11, "/usr/bin/evil"))
+	f.post = func(f *forger) { f.pcrsWithout(11) }
+	f.write()
+	if _, cause := run(given([]string{"sha1", "sha256"}, pcrs0to10...)); !errors.Is(cause, ErrUncovered) || !strings.Contains(cause.Error(), "PCR 11") {
+		t.Fatalf("invented PCR 11 record with values for PCRs 0-10: %v, want ErrUncovered naming PCR 11", cause)
+	}
+	if _, cause := run(given([]string{"sha1", "sha256"}, allPCRs()...)); cause == nil {
+		t.Fatal("invented PCR 11 record verified against the TPM's PCR 11")
+	}
 }

@@ -133,6 +133,13 @@ func (s *simProc) event(ev string) map[string]any {
 // cli runs the imakexec binary against the sim and returns exit code and stdout.
 func (s *simProc) cli(bin string, args ...string) (int, string) {
 	s.t.Helper()
+	code, out, _ := s.cliErr(bin, args...)
+	return code, out
+}
+
+// cliErr is cli that also returns stderr.
+func (s *simProc) cliErr(bin string, args ...string) (int, string, string) {
+	s.t.Helper()
 	all := append([]string{"--securityfs", s.mount, "--tpm", "unix:" + s.sock}, args...)
 	all = append(all, "--proc", s.proc)
 	cmd := exec.Command(bin, all...)
@@ -148,7 +155,7 @@ func (s *simProc) cli(bin string, args ...string) (int, string) {
 	if code != 0 {
 		s.t.Logf("imakexec %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
 	}
-	return code, out.String()
+	return code, out.String(), errb.String()
 }
 
 // handoff writes what `imakexec kexec` would carry for this load.
@@ -205,6 +212,11 @@ func TestCLICycle(t *testing.T) {
 				h := s.handoff(kernel, initrd)
 				s.event(fmt.Sprintf("kexec-load %s %s console=ttyS0 %s=sha256:%x", kernel, initrd, initramfs.CmdlineParam, sum))
 				s.event("kexec-execute")
+				// One store per host: a drain before the join refuses (exit 2) and names
+				// the way out.
+				if code, _, errOut := s.cliErr(bin, "drain", "--store", store); code != 2 || !strings.Contains(errOut, "imakexec rejoin") {
+					t.Fatalf("drain before rejoin after kexec %d: exit %d, %s", gen, code, errOut)
+				}
 				code, out := s.cli(bin, "rejoin", "--store", store, "--handoff", h, "--json")
 				if code != 0 {
 					t.Fatalf("rejoin after kexec %d: exit %d", gen, code)
