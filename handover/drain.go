@@ -182,12 +182,8 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	if err := d.hook(StepLocked, 0); err != nil {
 		return nil, err
 	}
-	if h := d.s.Header(); h != nil && h.TPM.ResetCount != reset {
-		dst, err := d.s.Archive(fmt.Sprintf("tpm-reset-%d", h.TPM.ResetCount))
-		if err != nil {
-			return nil, fmt.Errorf("archive store of TPM resetCount %d: %w", h.TPM.ResetCount, err)
-		}
-		d.res.Archived = dst
+	if d.res.Archived, err = d.s.archiveIfOtherCycle(reset); err != nil {
+		return nil, err
 	}
 	if !d.s.Exists() {
 		banks := o.Banks
