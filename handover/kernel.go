@@ -163,7 +163,7 @@ func (k *Kernel) retryBusy(ctx context.Context, what string, op func() error) er
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: %s: another process kept the IMA files open for writing for %v (7.2 allows one writer or many readers): %w", ErrBusy, what, bound, err)
+			return fmt.Errorf("%w: %s: another process kept the IMA files open for %v (7.2 allows one writer or many readers)%s: %w", ErrBusy, what, bound, busyHint(k.Dir), err)
 		}
 		select {
 		case <-ctx.Done():
