@@ -17,6 +17,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imakexec/imakexec/handover"
 )
 
 // Handoff layout inside the appended archive, and therefore in the next kernel's rootfs
@@ -303,7 +305,9 @@ func ReadHandoff(dir string) (*Handoff, error) {
 		if total > defaultMaxStore {
 			return nil, fmt.Errorf("%w: store files exceed %d bytes", ErrHandoff, defaultMaxStore)
 		}
-		data, err := readRegular(filepath.Join(storeDir, f.Name), f.Size)
+		// Store files are read as the store reads them (openat below the directory, no
+		// symlink, no FIFO, owned by us).
+		data, err := handover.ReadStoreFile(storeDir, f.Name, f.Size)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrHandoff, err)
 		}
