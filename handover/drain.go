@@ -57,7 +57,7 @@ type DrainOptions struct {
 	// KeepWritten, when > 0, makes DrainResult.Written hold the bytes this drain wrote to
 	// the store, if they total at most KeepWritten bytes. The kexec flow uses it to carry
 	// the store without opening its files after the last drain: each open for reading may
-	// be a FILE_CHECK measurement in the kexec window (design.md, "kexec").
+	// be a FILE_CHECK measurement in the kexec window (docs/: the kexec window).
 	KeepWritten int64
 }
 
@@ -131,7 +131,7 @@ type DrainResult struct {
 // Drain moves the kernel's measurement records into the store: read, persist (fsync, read
 // back, manifest), and only then delete with the backend's command. It is idempotent and
 // resumable: a run interrupted at any point is finished by the next one without losing or
-// duplicating a record (design.md invariant 1).
+// duplicating a record: no kernel record is deleted before its copy is durable and read back.
 func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	if o.TPM == nil {
 		return nil, fmt.Errorf("%w: drain binds the store to the TPM power cycle and needs a TPM", ErrNoTPM)
@@ -139,7 +139,8 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	if o.StoreDir == "" {
 		o.StoreDir = DefaultStoreDir
 	}
-	// 7.2 records the writer per thread (spec §12.2): keep every open and close of the
+	// 7.2 records the writer as the opening task (ima_measure_lock, measure_writer = current):
+	// keep every open and close of the
 	// kernel files on one OS thread.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -182,12 +183,8 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	if err := d.hook(StepLocked, 0); err != nil {
 		return nil, err
 	}
-	if h := d.s.Header(); h != nil && h.TPM.ResetCount != reset {
-		dst, err := d.s.Archive(fmt.Sprintf("tpm-reset-%d", h.TPM.ResetCount))
-		if err != nil {
-			return nil, fmt.Errorf("archive store of TPM resetCount %d: %w", h.TPM.ResetCount, err)
-		}
-		d.res.Archived = dst
+	if d.res.Archived, err = d.s.archiveIfOtherCycle(reset); err != nil {
+		return nil, err
 	}
 	if !d.s.Exists() {
 		banks := o.Banks

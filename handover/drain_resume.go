@@ -240,6 +240,7 @@ func (d *drainer) pass(v bootView, delPoint uint64, open heldReader, source Sour
 		}
 		pr.seg = seg
 		pr.stored = seg.Count
+		d.res.Segments = append(d.res.Segments, *seg)
 	}
 	// Every backend deletes right after this pass: a drain cancelled by now stops with its
 	// records stored and durable, and deletes nothing (the next drain finishes).

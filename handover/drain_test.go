@@ -353,6 +353,15 @@ func TestDrainBusy(t *testing.T) {
 			if !errors.Is(err, ErrBusy) || !errors.Is(err, unix.EBUSY) {
 				t.Fatalf("drain with %s held: %v, want ErrBusy (EBUSY)", c.hold, err)
 			}
+			// The holder is named (this test process holds it through the FUSE mount), with
+			// the file its descriptor resolves to (7.2's legacy names are symlinks).
+			held, _ := filepath.EvalSymlinks(filepath.Join(dir, c.hold))
+			if holder := fmt.Sprintf("pid %d (this process) has %s open", os.Getpid(), filepath.Base(held)); !strings.Contains(err.Error(), holder) || !strings.Contains(err.Error(), "imakexec serve") {
+				t.Fatalf("EBUSY error does not name the holder (%q) or the way out: %v", holder, err)
+			}
+			if st := GetStatus(e.paths, e.store, e.k.TPM(), "sim", nil); len(st.Holders) != 1 || st.Holders[0].File != filepath.Base(held) || st.Holders[0].PID != os.Getpid() {
+				t.Fatalf("status names holders %+v, want this process on %s", st.Holders, c.hold)
+			}
 			if took < bound || took > bound+3*time.Second {
 				t.Errorf("gave up after %v, bound %v", took, bound)
 			}

@@ -3,11 +3,10 @@ package handover
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
+	"github.com/imakexec/imakexec/internal/storefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,222 +18,25 @@ const (
 	parentMode = 0o755
 )
 
-// ErrUnsafeStore: the store directory, a file in it or a parent is not what a store may be
-// (a symlink, not a directory or regular file, owned by another user, writable by others).
-var ErrUnsafeStore = errors.New("unsafe store")
+// The store's safe opens live in internal/storefs (shared with the initramfs handoff
+// reader); these are the names handover uses.
+var ErrUnsafeStore = storefs.ErrUnsafe
 
-// openNoFollow opens name relative to nothing but refuses a symlink in the last component
-// (O_NOFOLLOW) and always sets O_CLOEXEC.
 func openNoFollow(name string, flag int, perm os.FileMode) (*os.File, error) {
-	fd, err := unix.Open(name, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(perm))
-	if err != nil {
-		if errors.Is(err, unix.ELOOP) {
-			return nil, &os.PathError{Op: "open", Path: name, Err: fmt.Errorf("is a symlink; the store does not follow symlinks: %w", err)}
-		}
-		return nil, &os.PathError{Op: "open", Path: name, Err: err}
-	}
-	return os.NewFile(uintptr(fd), name), nil
+	return storefs.OpenNoFollow(name, flag, perm)
 }
-
-// openStoreRoot opens the store directory itself (O_DIRECTORY|O_NOFOLLOW) and checks it
-// is a directory owned by the running user that no one else may write.
-func openStoreRoot(dir string) (*os.File, error) {
-	d, err := openNoFollow(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		if errors.Is(err, unix.ENOTDIR) {
-			// O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, not ELOOP.
-			if fi, lerr := os.Lstat(dir); lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
-				return nil, fmt.Errorf("%w: %s is a symlink; the store does not follow symlinks", ErrUnsafeStore, dir)
-			}
-			return nil, fmt.Errorf("%w: %s is not a directory", ErrUnsafeStore, dir)
-		}
-		return nil, err
-	}
-	if err := checkOwned(d, dir, true); err != nil {
-		d.Close()
-		return nil, err
-	}
-	return d, nil
-}
-
-// checkOwned fstats an open store file or directory: a directory or regular file as asked,
-// owned by the effective uid, not writable by group or others.
-func checkOwned(f *os.File, name string, dir bool) error { return checkOwnedFd(int(f.Fd()), name, dir) }
-
-func checkOwnedFd(fd int, name string, dir bool) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("stat %s: %w", name, err)
-	}
-	typ := st.Mode & unix.S_IFMT
-	switch {
-	case dir && typ != unix.S_IFDIR:
-		return fmt.Errorf("%w: %s is not a directory", ErrUnsafeStore, name)
-	case !dir && typ != unix.S_IFREG:
-		return fmt.Errorf("%w: %s is not a regular file (%s)", ErrUnsafeStore, name, fileType(typ))
-	}
-	if uid := uint32(os.Geteuid()); st.Uid != uid {
-		return fmt.Errorf("%w: %s is owned by uid %d, imakexec runs as uid %d: another user could rewrite the store; refusing it", ErrUnsafeStore, name, st.Uid, uid)
-	}
-	if st.Mode&0o022 != 0 {
-		return fmt.Errorf("%w: %s has mode %04o, writable by group or others; refusing it (chmod go-w it if its contents are trusted)", ErrUnsafeStore, name, st.Mode&0o7777)
-	}
-	return nil
-}
-
-func fileType(typ uint32) string {
-	switch typ {
-	case unix.S_IFIFO:
-		return "a FIFO"
-	case unix.S_IFCHR:
-		return "a character device"
-	case unix.S_IFBLK:
-		return "a block device"
-	case unix.S_IFSOCK:
-		return "a socket"
-	case unix.S_IFDIR:
-		return "a directory"
-	case unix.S_IFLNK:
-		return "a symlink"
-	}
-	return fmt.Sprintf("type %#o", typ)
-}
-
-// openInStore opens rel (a relative name with '/', e.g. "segments/00000001.kexec") below
-// the open store directory root with openat, one component at a time, following no
-// symlink at any level. flag is the open flag of the last component; O_NOFOLLOW and
-// O_CLOEXEC are added. Intermediate directories are checked like the store itself.
-func openInStore(root *os.File, dir, rel string, flag int, perm uint32) (*os.File, error) {
-	parts := strings.Split(rel, "/")
-	for _, p := range parts {
-		if p == "" || p == "." || p == ".." {
-			return nil, fmt.Errorf("%w: store file name %q", ErrUnsafeStore, rel)
-		}
-	}
-	fd := int(root.Fd())
-	var opened []int
-	defer func() {
-		for _, o := range opened {
-			unix.Close(o)
-		}
-	}()
-	name := dir
-	for i, p := range parts {
-		name = filepath.Join(name, p)
-		last := i == len(parts)-1
-		fl := unix.O_RDONLY | unix.O_DIRECTORY
-		if last {
-			fl = flag
-		}
-		nfd, err := unix.Openat(fd, p, fl|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
-		if err != nil {
-			var st unix.Stat_t
-			if errors.Is(err, unix.ELOOP) || (errors.Is(err, unix.ENOTDIR) && unix.Fstatat(fd, p, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK) {
-				return nil, &os.PathError{Op: "open", Path: name, Err: fmt.Errorf("is a symlink; the store does not follow symlinks: %w", err)}
-			}
-			return nil, &os.PathError{Op: "open", Path: name, Err: err}
-		}
-		if last {
-			return os.NewFile(uintptr(nfd), name), nil
-		}
-		opened = append(opened, nfd)
-		if err := checkOwnedFd(nfd, name, true); err != nil {
-			return nil, err
-		}
-		fd = nfd
-	}
-	panic("unreachable")
-}
-
-// openStoreFile opens the store file rel of dir for reading: openat from the store
-// directory's descriptor without following symlinks, O_NONBLOCK so a FIFO put in place of
-// a store file cannot hang open(2), then fstat-checked to be a regular file owned by the
-// running user. This is the one way store files are opened for reading.
-func openStoreFile(dir, rel string) (*os.File, error) {
-	return openStoreFileFlag(dir, rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
-}
-
-// openStoreFileFlag is openStoreFile with other open flags (include O_NONBLOCK) and a
-// creation mode, for the lock and the manifest append.
+func openStoreRoot(dir string) (*os.File, error)         { return storefs.OpenRoot(dir) }
+func checkOwned(f *os.File, name string, dir bool) error { return storefs.CheckOwned(f, name, dir) }
+func openStoreFile(dir, rel string) (*os.File, error)    { return storefs.OpenFile(dir, rel) }
+func checkSubdir(dir, name string) error                 { return storefs.CheckSubdir(dir, name) }
 func openStoreFileFlag(dir, rel string, flag int, perm uint32) (*os.File, error) {
-	root, err := openStoreRoot(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer root.Close()
-	f, err := openInStore(root, dir, rel, flag, perm)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkOwned(f, f.Name(), false); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return storefs.OpenFileFlag(dir, rel, flag, perm)
 }
 
-// checkSubdir checks the directory name of the store dir like the store itself.
-func checkSubdir(dir, name string) error {
-	root, err := openStoreRoot(dir)
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	d, err := openInStore(root, dir, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return checkOwned(d, d.Name(), true)
-}
-
-// ReadStoreFile reads the store file name (relative, with '/') of the store directory dir
-// as openStoreFile opens it, refusing more than max bytes: a file over the bound is an
-// error naming it, never a truncated read.
+// ReadStoreFile reads the store file name (relative, with '/') of the store directory dir,
+// refusing more than max bytes (storefs.ReadFile).
 func ReadStoreFile(dir, name string, max int64) ([]byte, error) {
-	f, err := openStoreFile(dir, name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return readBounded(f, max)
-}
-
-// readBounded reads an open regular file whole, refusing more than max bytes.
-func readBounded(f *os.File, max int64) ([]byte, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%s is %d bytes, more than the limit of %d", f.Name(), fi.Size(), max)
-	}
-	b := make([]byte, 0, fi.Size())
-	b, err = readAllLimit(f, b, max)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
-	}
-	return b, nil
-}
-
-func readAllLimit(r io.Reader, b []byte, max int64) ([]byte, error) {
-	lr := io.LimitReader(r, max+1)
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := lr.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if int64(len(b)) > max {
-			return nil, fmt.Errorf("grew beyond the limit of %d bytes while read", max)
-		}
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
+	return storefs.ReadFile(dir, name, max)
 }
 
 // checkDir makes sure dir is a real directory (not a symlink) owned by the running user and

@@ -36,7 +36,7 @@ const (
 // Kernel errors a caller may branch on; the errno is kept in the chain.
 var (
 	// ErrBusy: the IMA files stayed held by another writer past the retry bound (7.2 open
-	// rules: one writer or many readers, spec §12.2).
+	// rules: one writer or many readers, ima_measure_lock).
 	ErrBusy = errors.New("IMA measurement files busy")
 	// ErrSuspended: measurement is suspended (reboot or kexec under way): A gives EACCES.
 	ErrSuspended = errors.New("IMA measurement suspended (reboot or kexec under way)")
@@ -98,7 +98,7 @@ func ProbeKernel(p Paths) (*Kernel, error) {
 }
 
 // Backends lists the backends this kernel offers, best first. delete-n is left out when
-// the kernel was booted with ima_flush_htable, which makes N fail with EINVAL (spec §12.2).
+// the kernel was booted with ima_flush_htable, which makes N fail with EINVAL (_ima_measurements_write).
 func (k *Kernel) Backends(ki KernelInfo) []Backend {
 	var out []Backend
 	if k.Staged != "" {
@@ -163,7 +163,7 @@ func (k *Kernel) retryBusy(ctx context.Context, what string, op func() error) er
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: %s: another process kept the IMA files open for writing for %v (7.2 allows one writer or many readers): %w", ErrBusy, what, bound, err)
+			return fmt.Errorf("%w: %s: another process kept the IMA files open for %v (7.2 allows one writer or many readers)%s: %w", ErrBusy, what, bound, busyHint(k.Dir), err)
 		}
 		select {
 		case <-ctx.Done():
@@ -186,7 +186,7 @@ func (k *Kernel) openKernel(ctx context.Context, name string, flag int) (*os.Fil
 }
 
 // command writes one request ("A\n", "D\n", "N\n", "T:N\n") to an open kernel file. The
-// kernel parses the whole write at once and ignores the offset (spec §12.2).
+// kernel parses the whole write at once and ignores the offset (_ima_measurements_write).
 func command(f *os.File, cmd string) error {
 	n, err := f.Write([]byte(cmd))
 	if err != nil {

@@ -89,7 +89,7 @@ type Entry struct {
 	Join    *Join     `json:"join,omitempty"`
 }
 
-// Join records how rejoin joined a new kernel's list to the chain (design.md invariant 3):
+// Join records how rejoin joined a new kernel's list to the chain (every join is proven by the TPM):
 // which candidate the TPM proved, and where the new boot starts.
 type Join struct {
 	BootID     string `json:"boot_id"`
@@ -139,7 +139,8 @@ type BootInfo struct {
 }
 
 // Segment describes one segment file: a run of consecutive records of the chain, in the
-// kernel's kexec handover format (spec §10.4).
+// kernel's kexec handover format (struct ima_kexec_hdr, then records as ima_dump_measurement_list
+// writes them).
 type Segment struct {
 	Number   int      `json:"number"` // 1, 2, ...
 	File     string   `json:"file"`   // relative to the store directory
@@ -171,7 +172,8 @@ type Segment struct {
 	BootHash string `json:"boot_hash_state"`
 	BootSum  string `json:"boot_sum"`
 	// Duplicates, when set, marks a segment that is not part of the chain: the head of a
-	// kernel's list that the previous kernel carried across kexec (spec §10.6), records the
+	// kernel's list that the previous kernel carried across kexec (ima_add_kexec_buffer, restored by
+	// ima_restore_measurement_list), records the
 	// chain already holds. It is kept so drains of this boot recognise that head, and so
 	// the carried copy can be compared with the original (Check).
 	Duplicates *DupRef `json:"duplicates,omitempty"`

@@ -4,8 +4,8 @@
 // drain, and the TPM access they need. It is the only package that touches securityfs,
 // /proc or the TPM; the pure codecs are in package serialize.
 //
-// Kernel behaviour is cited from shared/spec/ima-kernel.md ("spec §N"); the store and its
-// invariants are those of shared/design.md.
+// Kernel behaviour is cited by the kernel function it comes from (security/integrity/ima/ of
+// Linux 7.2 unless a version is named); the store format and its invariants are in docs/.
 package handover
 
 import (
@@ -23,7 +23,7 @@ import (
 // tests can point them at a fake tree or the FUSE kernel model.
 type Paths struct {
 	// Securityfs is the securityfs mount point; the IMA files are under integrity/ima/ (or
-	// ima/ on old kernels) below it (spec §2).
+	// ima/ on old kernels) below it (ima_fs_init).
 	Securityfs string
 	// Proc is the procfs mount point: sys/kernel/random/boot_id, sys/kernel/osrelease and
 	// cmdline are read from it.
@@ -47,7 +47,8 @@ func (p Paths) withDefaults() Paths {
 // ErrNoIMA is returned when no IMA directory is found below the securityfs mount point.
 var ErrNoIMA = errors.New("no IMA securityfs directory")
 
-// IMADir returns the IMA directory: Securityfs/integrity/ima, else Securityfs/ima (spec §2).
+// IMADir returns the IMA directory: Securityfs/integrity/ima, else Securityfs/ima (before the
+// integrity/ directory, 6.x ima_fs_init).
 func (p Paths) IMADir() (string, error) {
 	p = p.withDefaults()
 	for _, d := range []string{filepath.Join(p.Securityfs, "integrity", "ima"), filepath.Join(p.Securityfs, "ima")} {
@@ -99,7 +100,7 @@ func cmdlineParam(cmdline, key string) (string, bool) {
 // IMAHash is the ima_hash= boot parameter, or "" when the kernel's built-in default is used.
 func (ki KernelInfo) IMAHash() string { v, _ := cmdlineParam(ki.Cmdline, "ima_hash"); return v }
 
-// FlushHtable reports "on" when the kernel was booted with ima_flush_htable (spec §12.2),
+// FlushHtable reports "on" when the kernel was booted with ima_flush_htable (ima_flush_htable_setup),
 // else "off".
 func (ki KernelInfo) FlushHtable() string {
 	if _, ok := cmdlineParam(ki.Cmdline, "ima_flush_htable"); ok {
@@ -109,7 +110,7 @@ func (ki KernelInfo) FlushHtable() string {
 }
 
 // Scheme is the extend scheme of this kernel: padded SHA1 before 5.8, per-bank hashes from
-// 5.8 on (spec §6.2, §6.3). An unparsable release is taken as 5.8+.
+// 5.8 on (ima_calc_field_array_hash per bank since 5.8; before it, the SHA1 digest padded). An unparsable release is taken as 5.8+.
 func (ki KernelInfo) Scheme() serialize.Scheme {
 	var maj, min int
 	if _, err := fmt.Sscanf(ki.Release, "%d.%d", &maj, &min); err == nil {

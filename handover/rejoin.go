@@ -1,14 +1,9 @@
 package handover
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/google/go-tpm/tpm2/transport"
 
@@ -104,12 +99,8 @@ func rejoinLocked(ctx context.Context, o RejoinOptions, ki KernelInfo, k *Kernel
 		return err
 	}
 	clock := TPMBinding{ResetCount: reset, RestartCount: restart}
-	if h := s.Header(); h != nil && h.TPM.ResetCount != reset {
-		dst, err := s.Archive(fmt.Sprintf("tpm-reset-%d", h.TPM.ResetCount))
-		if err != nil {
-			return fmt.Errorf("archive store of TPM resetCount %d: %w", h.TPM.ResetCount, err)
-		}
-		res.Archived = dst
+	if res.Archived, err = s.archiveIfOtherCycle(reset); err != nil {
+		return err
 	}
 	if len(s.Segments()) == 0 {
 		// An empty store, or one holding only its header (a first drain that failed after
@@ -238,66 +229,6 @@ func lastSegmentOf(s *Store, bootID string) *Segment {
 		}
 	}
 	return out
-}
-
-// writeSegment stores recs, built in memory (rejoin's small segments), as a segment with
-// the given metadata: crash-safe file, read back, manifest entry. bootStart is the boot hash
-// state before recs; r (in-chain segments) replays them, dupPCRs is recorded for duplicates.
-func (s *Store) writeSegment(sg Segment, recs []serialize.Record, bootStart string, r *serialize.Replayer, dupPCRs serialize.PCRValues) (*Segment, error) {
-	sg.Number = len(s.Segments()) + 1
-	sg.File = segmentName(sg.Number)
-	sg.Count = uint64(len(recs))
-	bh, err := newBootHasher(bootStart)
-	if err != nil {
-		return nil, err
-	}
-	dg := serialize.NewDigester()
-	body := make([]byte, 0, 4096)
-	for i := range recs {
-		start := len(body)
-		if body, err = serialize.AppendKexecRecord(body, &recs[i], dg, storeOrder); err != nil {
-			return nil, err
-		}
-		bh.h.Write(body[start:])
-		if r != nil {
-			if err := r.Add(&recs[i]); err != nil {
-				return nil, fmt.Errorf("replay record %d of the %s segment: %w", i, sg.Source, err)
-			}
-		}
-	}
-	data := serialize.AppendKexecHeader(nil, serialize.KexecHeader{Version: serialize.KexecVersion, BufferSize: uint64(serialize.KexecHeaderSize + len(body)), Count: sg.Count}, storeOrder)
-	data = append(data, body...)
-	sg.Size = int64(len(data))
-	sum := sha256.Sum256(data)
-	sg.SHA256 = hex.EncodeToString(sum[:])
-	sg.BootHash, sg.BootSum = bh.state(), bh.sum()
-	// The recorded values are in the header's banks, as drain records them (a hint for
-	// status and for the next join; a verdict compares the TPM's banks).
-	state := dupPCRs
-	if r != nil {
-		state = r.State()
-	}
-	banks, err := headerBanks(s.Header())
-	if err != nil {
-		return nil, err
-	}
-	sg.PCRs = pcrsJSON(onlyBanks(state, banks))
-	final := filepath.Join(s.dir, sg.File)
-	if err := writeFileAtomic(final, data); err != nil {
-		return nil, fmt.Errorf("store: write segment: %w", err)
-	}
-	back, err := os.ReadFile(final)
-	if err == nil && !bytes.Equal(back, data) {
-		err = errors.New("its content differs from what was written")
-	}
-	if err != nil {
-		os.Remove(final)
-		return nil, fmt.Errorf("store: read back segment %s: %w", sg.File, err)
-	}
-	if err := s.appendEntries([]Entry{{Type: EntrySegment, Segment: &sg}}, nil); err != nil {
-		return nil, err
-	}
-	return &sg, nil
 }
 
 // onlyBanks keeps the values of v in the given banks.

@@ -18,10 +18,11 @@ import (
 
 // The one writer of segment files: temp file, records, header, fsync, rename, read back.
 
-// segWriter writes one segment: temp file, records, header, fsync, rename, read-back.
+// segWriter writes one segment: temp file, records, header, fsync, rename, read-back,
+// manifest entry. Drain streams the kernel's records through it; rejoin writes its small
+// carried, reconstructed and duplicate segments with it (Store.writeSegment).
 type segWriter struct {
-	d     *drainer
-	v     bootView
+	s     *Store
 	seg   Segment
 	f     *os.File
 	tmp   string
@@ -30,14 +31,68 @@ type segWriter struct {
 	dg    *serialize.Digester
 	bh    *bootHasher
 	start string
-	rp    *serialize.Replayer
-	pa    *serialize.ParallelAdder // feeds rp, one goroutine per bank, while records are read and written
+	rp    *serialize.Replayer      // nil for a duplicate segment (not in the chain)
+	pa    *serialize.ParallelAdder // feeds rp, one goroutine per bank, while records are written
 	count uint64
 	size  uint64
+	what  string // names the records in replay errors
+	hook  func(Step, uint64) error
+	keep  *keeper
+	banks []serialize.Bank // the header's banks, in which the segment's PCR values are recorded
+}
+
+// segOptions are what a segment writer needs besides the segment's metadata.
+type segOptions struct {
+	// BootStart is the boot hash state before the segment's first record.
+	BootStart string
+	// Replay continues the chain's replay through the segment (nil for a duplicate
+	// segment, whose PCRs are DupPCRs).
+	Replay  *serialize.Replayer
+	DupPCRs serialize.PCRValues
+	// What names the records in errors ("kernel records from index 5 of this boot's list").
+	What string
+	// Hook is drain's fault-injection hook (nil: none); Keep collects the bytes written.
+	Hook func(Step, uint64) error
+	Keep *keeper
+}
+
+// newSegWriter starts segment meta (Number, File, Count, Size, hashes and PCRs are filled
+// in here) as a temp file in segments/.
+func (s *Store) newSegWriter(meta Segment, o segOptions) (*segWriter, error) {
+	meta.Number = len(s.Segments()) + 1
+	meta.File = segmentName(meta.Number)
+	bh, err := newBootHasher(o.BootStart)
+	if err != nil {
+		return nil, err
+	}
+	banks, err := headerBanks(s.Header())
+	if err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(s.dir, segmentsDir, "."+filepath.Base(meta.File)+".tmp")
+	_ = os.Remove(tmp)
+	f, err := openNoFollow(tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, fileMode)
+	if err != nil {
+		return nil, fmt.Errorf("store: create segment: %w", err)
+	}
+	sw := &segWriter{s: s, seg: meta, f: f, tmp: tmp, bw: bufio.NewWriterSize(f, 1<<20), dg: serialize.NewDigester(), bh: bh,
+		start: o.BootStart, rp: o.Replay, size: serialize.KexecHeaderSize, what: o.What, hook: o.Hook, keep: o.Keep, banks: banks}
+	if sw.rp != nil {
+		sw.pa = sw.rp.Parallel()
+	} else {
+		sw.seg.PCRs = pcrsJSON(onlyBanks(o.DupPCRs, sw.banks))
+	}
+	if sw.what == "" {
+		sw.what = "the " + string(meta.Source) + " segment's records"
+	}
+	if _, err := sw.bw.Write(serialize.AppendKexecHeader(nil, serialize.KexecHeader{Version: serialize.KexecVersion}, storeOrder)); err != nil {
+		sw.abort()
+		return nil, fmt.Errorf("store: write segment: %w", err)
+	}
+	return sw, nil
 }
 
 func (d *drainer) newSegment(v bootView, source Source) (*segWriter, error) {
-	n := len(d.s.Segments()) + 1
 	segs := d.s.ChainSegments()
 	start := serialize.PCRValues{}
 	var firstSeq uint64
@@ -59,20 +114,8 @@ func (d *drainer) newSegment(v bootView, source Source) (*segWriter, error) {
 			st = b.state
 		}
 	}
-	bh, err := newBootHasher(st)
-	if err != nil {
-		return nil, err
-	}
-	final := segmentName(n)
-	tmp := filepath.Join(d.s.dir, segmentsDir, "."+filepath.Base(final)+".tmp")
-	_ = os.Remove(tmp)
-	f, err := openNoFollow(tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, fileMode)
-	if err != nil {
-		return nil, fmt.Errorf("store: create segment: %w", err)
-	}
-	sw := &segWriter{d: d, v: v, f: f, tmp: tmp, bw: bufio.NewWriterSize(f, 1<<20), dg: serialize.NewDigester(), bh: bh, start: st, rp: rp, pa: rp.Parallel(), size: serialize.KexecHeaderSize}
-	sw.seg = Segment{
-		Number: n, File: final, FirstSeq: firstSeq, Source: source, Backend: d.res.Backend,
+	meta := Segment{
+		FirstSeq: firstSeq, Source: source, Backend: d.res.Backend,
 		Boot:        BootInfo{BootID: d.ki.BootID, Generation: d.gen, KernelRelease: d.ki.Release, FirstIndex: v.stored},
 		IMAHash:     d.ki.IMAHash(),
 		KernelBanks: d.k.Banks,
@@ -81,11 +124,35 @@ func (d *drainer) newSegment(v bootView, source Source) (*segWriter, error) {
 		FlushHtable: d.ki.FlushHtable(),
 		TPM:         d.clock,
 	}
-	if _, err := sw.bw.Write(serialize.AppendKexecHeader(nil, serialize.KexecHeader{Version: serialize.KexecVersion}, storeOrder)); err != nil {
-		sw.abort()
-		return nil, fmt.Errorf("store: write segment: %w", err)
+	return d.s.newSegWriter(meta, segOptions{BootStart: st, Replay: rp, Hook: d.o.Hook, Keep: d.keep,
+		What: fmt.Sprintf("kernel records (record numbers from index %d of this boot's list)", v.stored)})
+}
+
+// writeSegment stores recs, built in memory (rejoin's small segments), as a segment with
+// the metadata of sg, through the one segment writer. bootStart is the boot hash state
+// before recs; r (in-chain segments) replays them, dupPCRs is recorded for duplicates.
+func (s *Store) writeSegment(sg Segment, recs []serialize.Record, bootStart string, r *serialize.Replayer, dupPCRs serialize.PCRValues) (*Segment, error) {
+	sw, err := s.newSegWriter(sg, segOptions{BootStart: bootStart, Replay: r, DupPCRs: dupPCRs})
+	if err != nil {
+		return nil, err
 	}
-	return sw, nil
+	for i := range recs {
+		if err := sw.add(&recs[i]); err != nil {
+			sw.abort()
+			return nil, err
+		}
+	}
+	return sw.commit(0, 0)
+}
+
+func (sw *segWriter) step(st Step, n uint64) error {
+	if sw.hook == nil {
+		return nil
+	}
+	if err := sw.hook(st, n); err != nil {
+		return fmt.Errorf("drain interrupted at %s: %w", st, err)
+	}
+	return nil
 }
 
 func (sw *segWriter) add(rec *serialize.Record) error {
@@ -97,8 +164,10 @@ func (sw *segWriter) add(rec *serialize.Record) error {
 		return fmt.Errorf("store: write segment: %w", err)
 	}
 	sw.bh.h.Write(sw.buf)
-	if err := sw.pa.Add(rec); err != nil {
-		return fmt.Errorf("replay kernel records (record numbers from index %d of this boot's list): %w", sw.v.stored, err)
+	if sw.pa != nil {
+		if err := sw.pa.Add(rec); err != nil {
+			return fmt.Errorf("replay %s: %w", sw.what, err)
+		}
 	}
 	sw.count++
 	sw.size += uint64(len(sw.buf))
@@ -106,7 +175,9 @@ func (sw *segWriter) add(rec *serialize.Record) error {
 }
 
 func (sw *segWriter) abort() {
-	sw.pa.Close()
+	if sw.pa != nil {
+		sw.pa.Close()
+	}
 	if sw.f != nil {
 		sw.f.Close()
 		sw.f = nil
@@ -116,10 +187,12 @@ func (sw *segWriter) abort() {
 
 // commit finishes the file durably, reads it back, and appends the manifest entry.
 func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
-	d := sw.d
+	s := sw.s
 	fail := func(err error) (*Segment, error) { sw.abort(); return nil, err }
-	if err := sw.pa.Close(); err != nil {
-		return fail(fmt.Errorf("replay kernel records (record numbers from index %d of this boot's list): %w", sw.v.stored, err))
+	if sw.pa != nil {
+		if err := sw.pa.Close(); err != nil {
+			return fail(fmt.Errorf("replay %s: %w", sw.what, err))
+		}
 	}
 	if err := sw.bw.Flush(); err != nil {
 		return fail(fmt.Errorf("store: write segment: %w", err))
@@ -128,13 +201,13 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	if _, err := sw.f.WriteAt(hdr, 0); err != nil {
 		return fail(fmt.Errorf("store: write segment header: %w", err))
 	}
-	if err := d.hook(StepSegmentWritten, sw.count); err != nil {
+	if err := sw.step(StepSegmentWritten, sw.count); err != nil {
 		return fail(err)
 	}
 	if err := sw.f.Sync(); err != nil {
 		return fail(fmt.Errorf("store: fsync segment: %w", err))
 	}
-	final := filepath.Join(d.s.dir, sw.seg.File)
+	final := filepath.Join(s.dir, sw.seg.File)
 	if err := os.Rename(sw.tmp, final); err != nil {
 		return fail(fmt.Errorf("store: rename segment: %w", err))
 	}
@@ -144,18 +217,22 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	f := sw.f
 	sw.f = nil
 	defer f.Close()
-	if err := syncDir(filepath.Join(d.s.dir, segmentsDir)); err != nil {
+	if err := syncDir(filepath.Join(s.dir, segmentsDir)); err != nil {
 		os.Remove(final)
 		return nil, err
 	}
-	if err := d.hook(StepSegmentSynced, sw.count); err != nil {
+	if err := sw.step(StepSegmentSynced, sw.count); err != nil {
 		return nil, err
 	}
 	sw.seg.Count = sw.count
 	sw.seg.Size = int64(sw.size)
 	sw.seg.BootHash = sw.bh.state()
 	sw.seg.BootSum = sw.bh.sum()
-	sw.seg.PCRs = pcrsJSON(sw.rp.State())
+	if sw.rp != nil {
+		// The recorded values are in the header's banks (a hint for status and for the
+		// next join; a verdict compares the TPM's banks, see trust.go).
+		sw.seg.PCRs = pcrsJSON(onlyBanks(sw.rp.State(), sw.banks))
+	}
 	sw.seg.Held = held
 	sw.seg.Retained = retained
 	sum, err := sw.readBack(f, final)
@@ -170,13 +247,12 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	}
 	sw.seg.SHA256 = sum
 	seg := sw.seg
-	if err := d.s.appendEntries([]Entry{{Type: EntrySegment, Segment: &seg}}, func() error { return d.hook(StepManifestWritten, seg.Count) }); err != nil {
+	if err := s.appendEntries([]Entry{{Type: EntrySegment, Segment: &seg}}, func() error { return sw.step(StepManifestWritten, seg.Count) }); err != nil {
 		return nil, err
 	}
-	if err := d.hook(StepManifestSynced, seg.Count); err != nil {
+	if err := sw.step(StepManifestSynced, seg.Count); err != nil {
 		return nil, err
 	}
-	d.res.Segments = append(d.res.Segments, seg)
 	return &seg, nil
 }
 
@@ -218,7 +294,7 @@ func (sw *segWriter) readBack(f *os.File, name string) (string, error) {
 	fh.Write(hdr)
 	body := io.NewSectionReader(f, serialize.KexecHeaderSize, int64(sw.size)-serialize.KexecHeaderSize)
 	var kept []byte
-	if sw.d.keep.wants(int64(sw.size)) {
+	if sw.keep.wants(int64(sw.size)) {
 		kept = make([]byte, sw.size)
 		copy(kept, hdr)
 		if _, err := io.ReadFull(body, kept[len(hdr):]); err != nil {
@@ -234,7 +310,7 @@ func (sw *segWriter) readBack(f *os.File, name string) (string, error) {
 		return "", bad(fmt.Sprintf("it does not hold the %d records written", sw.count))
 	}
 	if kept != nil {
-		sw.d.keep.add(WrittenFile{Name: sw.seg.File, Data: kept})
+		sw.keep.add(WrittenFile{Name: sw.seg.File, Data: kept})
 	}
 	return hex.EncodeToString(fh.Sum(nil)), nil
 }

@@ -23,6 +23,9 @@ type Status struct {
 	Banks       []string  `json:"kernel_banks,omitempty"`
 	Count       int64     `json:"runtime_measurements_count"`
 	FlushHtable string    `json:"ima_flush_htable,omitempty"`
+	// Holders are the processes with IMA files open: on 7.2 a reader that keeps one open
+	// makes drains fail with EBUSY.
+	Holders []IMAHolder `json:"ima_holders,omitempty"`
 
 	TPM          string   `json:"tpm"`
 	TPMErr       string   `json:"tpm_error,omitempty"`
@@ -74,6 +77,7 @@ func GetStatusContext(ctx context.Context, p Paths, storeDir string, t transport
 		st.KernelErr = err.Error()
 	} else {
 		st.IMADir, st.Banks, st.Count = k.Dir, k.Banks, k.Count()
+		st.Holders = IMAHolders(k.Dir)
 		st.Backends = k.Backends(ki)
 		st.Backend = st.Backends[0]
 	}

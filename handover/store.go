@@ -16,7 +16,7 @@ import (
 const DefaultStoreDir = "/var/lib/imakexec"
 
 // storeOrder is the byte order of segment files: little-endian, as the kernel's canonical
-// format and every supported host (spec §13 item 7).
+// format (ima_canonical_fmt) and every supported host.
 var storeOrder = binary.LittleEndian
 
 // ErrLocked is returned by TryLock when another process holds the store.

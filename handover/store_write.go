@@ -144,6 +144,21 @@ func (s *Store) Archive(reason string) (string, error) {
 	return dst, s.load()
 }
 
+// archiveIfOtherCycle is the one cold-boot step of drain and rejoin: a store made in another
+// TPM power cycle (its resetCount differs from the TPM's) is archived, never joined. It
+// returns the archive path, "" when the store is of this power cycle or empty.
+func (s *Store) archiveIfOtherCycle(resetCount uint32) (string, error) {
+	h := s.Header()
+	if h == nil || h.TPM.ResetCount == resetCount {
+		return "", nil
+	}
+	dst, err := s.Archive(fmt.Sprintf("tpm-reset-%d", h.TPM.ResetCount))
+	if err != nil {
+		return "", fmt.Errorf("archive store of TPM resetCount %d: %w", h.TPM.ResetCount, err)
+	}
+	return dst, nil
+}
+
 // Archives lists the archived chains (names below DIR/archive).
 func (s *Store) Archives() []string {
 	ents, err := os.ReadDir(filepath.Join(s.dir, archiveDir))

@@ -375,3 +375,35 @@ func readAllSource(src serialize.Source) (int, error) {
 		n++
 	}
 }
+
+func TestLockNamesHolder(t *testing.T) {
+	e := newKenv(t, kmodel.Config{Profile: kmodel.Profile72})
+	e.work(5)
+	e.mustDrain(BackendStaged)
+	f, err := os.OpenFile(filepath.Join(e.store, lockName), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	holder := fmt.Sprintf("held by pid %d", os.Getpid())
+	_, err = Drain(context.Background(), DrainOptions{Paths: e.paths, StoreDir: e.store, TPM: e.k.TPM(), NoWait: true})
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), holder) {
+		t.Fatalf("drain --no-wait on a held store: %v, want ErrLocked naming %q", err, holder)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	s := &Store{dir: e.store}
+	if err := s.RLock(ctx); !errors.Is(err, ErrLocked) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), holder) {
+		t.Fatalf("shared lock behind a writer: %v", err)
+	}
+	t.Log(err)
+	// Readers share: two shared locks at once.
+	unix.Flock(int(f.Fd()), unix.LOCK_SH)
+	if err := s.RLock(context.Background()); err != nil {
+		t.Fatalf("shared lock beside a reader: %v", err)
+	}
+	s.Unlock()
+}

@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imakexec/imakexec/internal/storefs"
 )
 
 // Handoff layout inside the appended archive, and therefore in the next kernel's rootfs
@@ -314,7 +316,9 @@ func ReadHandoff(dir string) (*Handoff, error) {
 		if total > defaultMaxStore {
 			return nil, fmt.Errorf("%w: store files exceed %d bytes", ErrHandoff, defaultMaxStore)
 		}
-		data, err := readRegular(filepath.Join(storeDir, f.Name), f.Size)
+		// Store files are read as the store reads them (openat below the directory, no
+		// symlink, no FIFO, owned by us).
+		data, err := storefs.ReadFile(storeDir, f.Name, f.Size)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrHandoff, err)
 		}

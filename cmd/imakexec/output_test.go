@@ -109,13 +109,13 @@ func TestConvertOutputKinds(t *testing.T) {
 
 // modelCLI mounts a kernel model and runs the CLI in-process against it.
 type modelCLI struct {
-	t     *testing.T
+	t     testing.TB
 	env   *kmodeltest.Env
 	store string
 	files int
 }
 
-func newModelCLI(t *testing.T, cfg kmodel.Config) *modelCLI {
+func newModelCLI(t testing.TB, cfg kmodel.Config) *modelCLI {
 	env := kmodeltest.Mount(t, cfg)
 	return &modelCLI{t: t, env: env, store: filepath.Join(t.TempDir(), "store")}
 }

@@ -3,18 +3,23 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/imakexec/imakexec/handover"
 	"github.com/imakexec/imakexec/internal/kmodel"
+	"github.com/imakexec/imakexec/serialize"
 )
 
 // readChars is rchar of /proc/PID/io: bytes the process has read so far.
@@ -189,4 +194,94 @@ func TestSIGTERM(t *testing.T) {
 			t.Fatalf("rejoin after the interrupted one: exit %d %s", code, stderr)
 		}
 	})
+}
+
+// TestExportDuringDrains runs `imakexec export` again and again while `imakexec drain`
+// runs again and again and the kernel model measures more: every export that exits 0 must
+// be a byte prefix of the final export (no gap, no record twice) and hold at least every
+// record measured before it started.
+func TestExportDuringDrains(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the CLI a few dozen times")
+	}
+	bin := imakexecBinary(t)
+	m := newModelCLI(t, kmodel.Config{Profile: kmodel.Profile72, NoFirmware: true})
+	var measured atomic.Int64
+	synth := func(n int) {
+		if _, err := m.env.Kernel.Synthetic(n); err != nil {
+			t.Error(err)
+		}
+		measured.Add(int64(n))
+	}
+	synth(20_000)
+	m.must("drain")
+	drains := make(chan error, 1)
+	stop := make(chan struct{})
+	go func() {
+		defer close(drains)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			synth(3000)
+			if out, err := exec.Command(bin, m.args("drain")...).CombinedOutput(); err != nil {
+				drains <- fmt.Errorf("drain %d: %v %s", i, err, out)
+				return
+			}
+		}
+	}()
+	type export struct {
+		out    []byte
+		before int64
+	}
+	var exports []export
+	for i := 0; i < 25; i++ {
+		before := measured.Load()
+		cmd := exec.Command(bin, m.args("export", "--format", "binary")...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil {
+			t.Logf("export %d failed (allowed, never short with exit 0): %v %s", i, err, errb.String())
+			continue
+		}
+		exports = append(exports, export{out.Bytes(), before})
+	}
+	close(stop)
+	if err := <-drains; err != nil {
+		t.Fatal(err)
+	}
+	final := m.must("export", "--format", "binary")
+	if len(exports) < 20 {
+		t.Fatalf("only %d of 25 exports succeeded", len(exports))
+	}
+	for i, e := range exports {
+		n, err := countBinary(e.out)
+		if err != nil {
+			t.Fatalf("export %d does not parse: %v", i, err)
+		}
+		if !strings.HasPrefix(final, string(e.out)) {
+			t.Fatalf("export %d (%d records) is not a prefix of the final export: a gap or a doubled record", i, n)
+		}
+		if int64(n) < e.before {
+			t.Fatalf("export %d has %d records, %d were measured before it started", i, n, e.before)
+		}
+	}
+	t.Logf("%d exports during drains, all consistent; final chain %d bytes", len(exports), len(final))
+}
+
+func countBinary(b []byte) (int, error) {
+	r := serialize.NewBinaryReader(bytes.NewReader(b), binary.LittleEndian, serialize.SHA1Size)
+	n := 0
+	for {
+		_, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+	}
 }

@@ -61,6 +61,12 @@ func (c *statusCmd) Run(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintf(w, "kernel banks: %s\n", orNone(st.Banks))
 		fmt.Fprintf(w, "records:      %d in the kernel's list\n", st.Count)
 		fmt.Fprintf(w, "flush_htable: %s\n", st.FlushHtable)
+		for _, h := range st.Holders {
+			fmt.Fprintf(w, "held open:    %s\n", h)
+		}
+		if len(st.Holders) > 0 {
+			fmt.Fprintf(w, "              on 7.2 a reader that keeps the IMA files open makes every drain fail with EBUSY: let it read `imakexec serve` instead\n")
+		}
 	}
 	if st.TPMErr != "" {
 		fmt.Fprintf(w, "TPM:          %s: %s\n", st.TPM, st.TPMErr)
