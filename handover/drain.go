@@ -114,15 +114,18 @@ type DrainResult struct {
 	Archived   string // set when a store of another power cycle was archived
 	BootID     string
 	Generation int
-	Held       uint64    // records the kernel held when read (staged or current list)
-	Retained   uint64    // of those, already in the store (left by a crash or a snapshot)
-	Stored     uint64    // records newly persisted
-	Deleted    uint64    // records the kernel deleted in this run
-	Resolved   uint64    // deletions of an interrupted earlier run confirmed by this one
-	Carried    bool      // a delete met ESTALE: the next kernel carries those records
-	Segments   []Segment // segments written
-	Chain      uint64    // records in the chain after the drain
-	PCRs       serialize.PCRValues
+	Held       uint64 // records the kernel held when read (staged or current list)
+	Retained   uint64 // of those, already in the store (left by a crash or a snapshot)
+	Stored     uint64 // records newly persisted
+	Deleted    uint64 // records the kernel deleted in this run
+	Resolved   uint64 // deletions of an interrupted earlier run confirmed by this one
+	// Suspended: measurement is suspended (A met EACCES or a delete ESTALE): what could be
+	// read is stored, nothing more was deleted, and the kernel still holds the rest.
+	// Whether the next kernel shows those records is for rejoin to find out.
+	Suspended bool
+	Segments  []Segment // segments written
+	Chain     uint64    // records in the chain after the drain
+	PCRs      serialize.PCRValues
 	// Written holds the bytes the drain wrote, with DrainOptions.KeepWritten; nil when
 	// they exceeded it.
 	Written *Written
@@ -328,8 +331,8 @@ func (r *DrainResult) String() string {
 	if r.Resolved > 0 {
 		fmt.Fprintf(&b, "; confirmed %d deletions of an interrupted drain", r.Resolved)
 	}
-	if r.Carried {
-		b.WriteString("; delete refused with ESTALE: kexec under way, the next kernel carries the records this one still holds")
+	if r.Suspended {
+		b.WriteString("; measurement suspended (reboot or kexec under way): nothing more deleted, the kernel still holds the rest; rejoin finds what the next kernel shows")
 	}
 	if r.Archived != "" {
 		fmt.Fprintf(&b, "; archived the store of an earlier power cycle to %s", r.Archived)

@@ -22,8 +22,8 @@ func (d *drainer) appendDeletion(del Deletion) error {
 	return d.s.appendEntries([]Entry{{Type: EntryDeleted, Deleted: &del}}, nil)
 }
 
-// deletedCarried is BootState.DeletedBy's key for records carried after ESTALE (not a
-// backend: the kernel refused the delete and carries them).
+// deletedCarried is BootState.DeletedBy's key for records a suspended kernel refused to
+// delete (the manifest's "carried" flag; not a backend).
 const deletedCarried Backend = "carried"
 
 // listOptions selects what drainList does after reading.
@@ -32,11 +32,15 @@ type listOptions struct {
 	Delete bool
 }
 
-// carried records that a delete met ESTALE: kexec is under way and the next kernel carries
-// this boot's records before through (7.2 carries staged and current records; spec
-// §12.3). A repeated refusal adds no entry.
-func (d *drainer) carried(through uint64) error {
-	d.res.Carried = true
+// suspended records that a delete met ESTALE: measurement is suspended
+// (ima_queue_staged_delete_all and ima_queue_delete_partial refuse once
+// ima_measurements_suspend ran, from the reboot notifier of any reboot, kexec or not). The
+// kernel still holds this boot's records before through, stored and durable; whether the
+// next kernel shows them depends on CONFIG_IMA_KEXEC, the syscall and the segment size, and
+// rejoin finds out from the next kernel's list. The entry (the manifest's "carried" flag)
+// only says the records were not deleted. A repeated refusal adds no entry.
+func (d *drainer) suspended(through uint64) error {
+	d.res.Suspended = true
 	if bs := d.s.Boot(d.ki.BootID); bs != nil && bs.Deleted >= through {
 		return nil
 	}
@@ -101,7 +105,7 @@ func (d *drainer) drainList(ctx context.Context, o listOptions) error {
 	}
 	if err := command(f, fmt.Sprintf("%d\n", pr.held)); err != nil {
 		if errors.Is(err, unix.ESTALE) {
-			return d.carried(delPoint + pr.held)
+			return d.suspended(delPoint + pr.held)
 		}
 		return fmt.Errorf("delete %d records (stored and durable; the next drain retries): %w", pr.held, err)
 	}
@@ -167,7 +171,10 @@ func (d *drainer) drainTrim(ctx context.Context) error {
 // drainStaged is the staged backend (7.2): on one O_RDWR fd of the SHA1 staged list, A
 // stages the whole current list, the staged records are read and persisted, then D frees
 // them. Records left staged by an interrupted run make A fail with EEXIST; they are
-// finished first (persist what the store lacks, then D), then a new round starts.
+// finished first (persist what the store lacks, then D), then a new round starts. Once
+// measurement is suspended, A fails with EACCES (only when nothing is staged and the list
+// is not empty, ima_queue_stage) and D with ESTALE: what is readable is persisted and
+// nothing deleted.
 func (d *drainer) drainStaged(ctx context.Context) error {
 	f, err := d.k.openKernel(ctx, d.k.Staged, os.O_RDWR)
 	if err != nil {
@@ -189,9 +196,12 @@ func (d *drainer) drainStaged(ctx context.Context) error {
 			// The current list is empty; something may still be staged.
 			leftover = true
 		case errors.Is(err, unix.EACCES):
-			// Nothing is lost: the kernel carries what it holds (staged first) to the
-			// next kernel, whose drain stores it.
-			return fmt.Errorf("%w: %w; the kernel carries the records it holds to the next kernel: drain again after the kexec", ErrSuspended, err)
+			// ima_queue_stage: measurement is suspended, and (EEXIST and ENOENT are
+			// checked first) nothing is staged and the current list is not empty. The
+			// list stays readable: persist it as a snapshot, delete nothing.
+			f.Close()
+			d.res.Suspended = true
+			return d.drainList(ctx, listOptions{})
 		default:
 			return fmt.Errorf("stage records: %w", err)
 		}
@@ -243,7 +253,7 @@ func (d *drainer) drainStaged(ctx context.Context) error {
 		if pr.held > 0 {
 			if err := command(f, "D\n"); err != nil {
 				if errors.Is(err, unix.ESTALE) {
-					return d.carried(delPoint + pr.held)
+					return d.suspended(delPoint + pr.held)
 				}
 				return fmt.Errorf("delete staged records (stored and durable; the next drain finishes): %w", err)
 			}

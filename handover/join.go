@@ -368,7 +368,7 @@ func sameRecords(a, b []serialize.Record) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].PCR != b[i].PCR || a[i].Template != b[i].Template || !bytes.Equal(a[i].Data, b[i].Data) || !bytes.Equal(a[i].Digest, b[i].Digest) {
+		if a[i].PCR != b[i].PCR || !sameTemplate(a[i].Template, b[i].Template) || !bytes.Equal(a[i].Data, b[i].Data) || !bytes.Equal(a[i].Digest, b[i].Digest) {
 			return false
 		}
 	}

@@ -118,7 +118,7 @@ func (s *KexecSteps) Drain(ctx context.Context) (*initramfs.Drained, error) {
 		return nil, err
 	}
 	d := &initramfs.Drained{Records: int(res.Stored), Backend: string(res.Backend)}
-	if res.Carried {
+	if res.Suspended {
 		d.KernelCarries = int(res.Held - res.Retained)
 	}
 	// The store is listed from the directory (a directory read is not measured). The drain

@@ -23,8 +23,10 @@
 // console, command line, IMA and PCR snapshots, frames on ttyS1, poweroff);
 // the data comes back to the host through package testvm/frame.
 //
-// Environment: IMAKEXEC_KERNEL, IMAKEXEC_IMA_KEXEC_KERNEL, IMAKEXEC_CACHE,
-// IMAKEXEC_NO_FETCH (FindKernel, FindIMAKexecKernel); IMAKEXEC_QEMU,
+// Environment: IMAKEXEC_KERNEL, IMAKEXEC_IMA_KEXEC_KERNEL, IMAKEXEC_IMA_STAGING_KERNEL,
+// IMAKEXEC_DEBIAN72_KERNEL, IMAKEXEC_CACHE, IMAKEXEC_NO_FETCH (FindKernel,
+// FindBuiltKernel, FindDebian72Kernel: kernels are fetched or built into the cache when
+// missing); IMAKEXEC_QEMU,
 // IMAKEXEC_VM_TIMEOUT (Machine); IMAKEXEC_VM_CONSOLE (Boot streams the
 // console to t.Logf); CI (Require fails instead of skipping).
 //

@@ -23,10 +23,28 @@ const (
 	// EnvCache is the root of the download/build cache (kernels live in
 	// $IMAKEXEC_CACHE/kernels). Default: DefaultCache.
 	EnvCache = "IMAKEXEC_CACHE"
-	// EnvNoFetch, when set, stops FindKernel from running
-	// scripts/fetch-kernel.sh.
+	// EnvNoFetch, when set, stops FindKernel and FindDebian72Kernel from running
+	// their fetch scripts, and FindBuiltKernel from building.
 	EnvNoFetch = "IMAKEXEC_NO_FETCH"
+	// EnvDebian72Kernel names Debian's own 7.2 cloud kernel (no CONFIG_IMA_STAGING, no
+	// CONFIG_IMA_KEXEC).
+	EnvDebian72Kernel = "IMAKEXEC_DEBIAN72_KERNEL"
+	// EnvIMAStagingKernel names a 7.2 kernel built with CONFIG_IMA_STAGING=y and
+	// CONFIG_IMA_KEXEC=y.
+	EnvIMAStagingKernel = "IMAKEXEC_IMA_STAGING_KERNEL"
 )
+
+// Kernels the harness builds itself (scripts/build-kernel.sh KIND): no Debian kernel has
+// CONFIG_IMA_KEXEC or CONFIG_IMA_STAGING.
+const (
+	// Kernel61IMAKexec: linux-source-6.1 with CONFIG_IMA_KEXEC=y (copy at kexec_file_load).
+	Kernel61IMAKexec = "6.1-ima-kexec"
+	// Kernel72IMAStaging: linux-source-7.2 with CONFIG_IMA_STAGING=y and CONFIG_IMA_KEXEC=y.
+	Kernel72IMAStaging = "7.2-ima-staging"
+)
+
+// builtEnv is the environment variable that names a prebuilt kernel of each kind.
+var builtEnv = map[string]string{Kernel61IMAKexec: EnvIMAKexecKernel, Kernel72IMAStaging: EnvIMAStagingKernel}
 
 // DefaultCache is the cache root when $IMAKEXEC_CACHE is unset. It is outside
 // the clone on purpose: kernels are large and shared between clones.
@@ -34,11 +52,6 @@ const DefaultCache = "/var/cache/imakexec"
 
 // ModulePath is the module whose root RepoRoot looks for.
 const ModulePath = "github.com/imakexec/imakexec"
-
-// imaKexecKernelName is the file name of the CONFIG_IMA_KEXEC=y kernel, both in
-// the shared directory next to the clone and in the cache
-// (scripts/build-ima-kexec-kernel.sh).
-const imaKexecKernelName = "bzImage-6.1-ima-kexec"
 
 // ErrNoKernel is returned (wrapped) when no usable kernel is found.
 var ErrNoKernel = errors.New("no test kernel")
@@ -114,38 +127,85 @@ func fetchKernel() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrNoKernel, err)
 	}
-	script := filepath.Join(root, "scripts", "fetch-kernel.sh")
-	var stderr bytes.Buffer
-	cmd := exec.Command(script)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("%w: scripts/fetch-kernel.sh: %v: %s", ErrNoKernel, err, strings.TrimSpace(stderr.String()))
-	}
-	return existing("scripts/fetch-kernel.sh output", strings.TrimSpace(string(out)))
+	return runKernelScript(root, "fetch-kernel.sh")
 }
 
-// FindIMAKexecKernel returns a kernel built with CONFIG_IMA_KEXEC=y
-// (no Debian kernel has it). In order: $IMAKEXEC_IMA_KEXEC_KERNEL,
-// ../shared/kernels/bzImage-6.1-ima-kexec relative to the repository root,
-// then $IMAKEXEC_CACHE/kernels/bzImage-6.1-ima-kexec as written by
-// scripts/build-ima-kexec-kernel.sh. It never builds one (that takes minutes).
-func FindIMAKexecKernel() (string, error) {
-	if k := os.Getenv(EnvIMAKexecKernel); k != "" {
-		return existing(EnvIMAKexecKernel, k)
+// FindIMAKexecKernel returns the 6.1 kernel built with CONFIG_IMA_KEXEC=y; see
+// FindBuiltKernel.
+func FindIMAKexecKernel() (string, error) { return FindBuiltKernel(Kernel61IMAKexec) }
+
+// FindIMAStagingKernel returns the 7.2 kernel built with CONFIG_IMA_STAGING=y and
+// CONFIG_IMA_KEXEC=y; see FindBuiltKernel.
+func FindIMAStagingKernel() (string, error) { return FindBuiltKernel(Kernel72IMAStaging) }
+
+// FindBuiltKernel returns a kernel of one of the kinds the harness builds (Kernel61IMAKexec,
+// Kernel72IMAStaging). In order: its environment variable ($IMAKEXEC_IMA_KEXEC_KERNEL,
+// $IMAKEXEC_IMA_STAGING_KERNEL), ../shared/kernels/bzImage-KIND relative to the
+// repository root, $IMAKEXEC_CACHE/kernels/bzImage-KIND; else it runs
+// scripts/build-kernel.sh KIND, which builds it into the cache (6-10 minutes on 2 cores,
+// once; the script holds a lock so that two test binaries never build at once), unless
+// $IMAKEXEC_NO_FETCH is set.
+func FindBuiltKernel(kind string) (string, error) {
+	env, ok := builtEnv[kind]
+	if !ok {
+		return "", fmt.Errorf("%w: unknown kernel kind %q", ErrNoKernel, kind)
 	}
+	if k := os.Getenv(env); k != "" {
+		return existing(env, k)
+	}
+	name := "bzImage-" + kind
 	var tried []string
-	if root, err := RepoRoot(); err == nil {
-		tried = append(tried, filepath.Join(root, "..", "shared", "kernels", imaKexecKernelName))
+	root, rootErr := RepoRoot()
+	if rootErr == nil {
+		tried = append(tried, filepath.Join(root, "..", "shared", "kernels", name))
 	}
-	tried = append(tried, filepath.Join(CacheDir(), "kernels", imaKexecKernelName))
+	tried = append(tried, filepath.Join(CacheDir(), "kernels", name))
 	for _, k := range tried {
 		if fileExists(k) {
 			return filepath.Clean(k), nil
 		}
 	}
-	return "", fmt.Errorf("%w: CONFIG_IMA_KEXEC kernel: $%s unset and none of %s exists (build one with scripts/build-ima-kexec-kernel.sh)",
-		ErrNoKernel, EnvIMAKexecKernel, strings.Join(tried, ", "))
+	if os.Getenv(EnvNoFetch) != "" || rootErr != nil {
+		return "", fmt.Errorf("%w: %s kernel: $%s unset, none of %s exists, and $%s forbids building (scripts/build-kernel.sh %s builds one)",
+			ErrNoKernel, kind, env, strings.Join(tried, ", "), EnvNoFetch, kind)
+	}
+	return runKernelScript(root, "build-kernel.sh", kind)
+}
+
+// FindDebian72Kernel returns Debian's own 7.2 cloud kernel (CONFIG_IMA=y, CONFIG_IMA_STAGING
+// and CONFIG_IMA_KEXEC not set). In order: $IMAKEXEC_DEBIAN72_KERNEL, the newest
+// vmlinuz-7.2.*-cloud-amd64 in $IMAKEXEC_CACHE/kernels/debian-7.2/, else the output of
+// scripts/fetch-debian72-kernel.sh (apt from trixie, trixie-backports and sid through a
+// private sources list), unless $IMAKEXEC_NO_FETCH is set.
+func FindDebian72Kernel() (string, error) {
+	if k := os.Getenv(EnvDebian72Kernel); k != "" {
+		return existing(EnvDebian72Kernel, k)
+	}
+	cached, _ := filepath.Glob(filepath.Join(CacheDir(), "kernels", "debian-7.2", "*", "vmlinuz-7.2.*-cloud-amd64"))
+	if k := newest(cached); k != "" {
+		return k, nil
+	}
+	if os.Getenv(EnvNoFetch) != "" {
+		return "", fmt.Errorf("%w: Debian 7.2 kernel: $%s unset, none in %s/kernels/debian-7.2, and $%s forbids fetching",
+			ErrNoKernel, EnvDebian72Kernel, CacheDir(), EnvNoFetch)
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrNoKernel, err)
+	}
+	return runKernelScript(root, "fetch-debian72-kernel.sh")
+}
+
+// runKernelScript runs scripts/NAME ARGS and returns the path it prints.
+func runKernelScript(root, name string, args ...string) (string, error) {
+	var stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(root, "scripts", name), args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%w: scripts/%s %s: %v: %s", ErrNoKernel, name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return existing("scripts/"+name+" output", strings.TrimSpace(string(out)))
 }
 
 func existing(what, path string) (string, error) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -112,5 +113,49 @@ func TestMachineArgs(t *testing.T) {
 		if !seen {
 			t.Errorf("QEMU args lack %q: %q", a, args)
 		}
+	}
+}
+
+// TestFindKernelsOfEachKind: the 7.2 kernels are found in the cache layout their scripts
+// write, never mistaken for one another or for the Debian 6.1 kernel, and a missing
+// kernel with fetching forbidden is ErrNoKernel naming the script that would make it.
+func TestFindKernelsOfEachKind(t *testing.T) {
+	cache := t.TempDir()
+	for _, e := range []string{EnvKernel, EnvIMAKexecKernel, EnvIMAStagingKernel, EnvDebian72Kernel} {
+		t.Setenv(e, "")
+	}
+	t.Setenv(EnvCache, cache)
+	t.Setenv(EnvNoFetch, "1")
+	if _, err := FindIMAStagingKernel(); !errors.Is(err, ErrNoKernel) || !strings.Contains(err.Error(), "build-kernel.sh "+Kernel72IMAStaging) {
+		t.Errorf("FindIMAStagingKernel in an empty cache: %v", err)
+	}
+	if _, err := FindDebian72Kernel(); !errors.Is(err, ErrNoKernel) {
+		t.Errorf("FindDebian72Kernel in an empty cache: %v", err)
+	}
+	write := func(p string) string {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("k"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	staging := write(filepath.Join(cache, "kernels", "bzImage-"+Kernel72IMAStaging))
+	var deb string
+	for _, v := range []string{"7.2.9+deb13", "7.2.13+deb14"} {
+		deb = write(filepath.Join(cache, "kernels", "debian-7.2", "linux-binary-"+v+"-cloud-amd64_x", "vmlinuz-"+v+"-cloud-amd64"))
+	}
+	if got, err := FindIMAStagingKernel(); err != nil || got != staging {
+		t.Errorf("FindIMAStagingKernel = %q, %v; want %q", got, err, staging)
+	}
+	if got, err := FindDebian72Kernel(); err != nil || got != deb {
+		t.Errorf("FindDebian72Kernel = %q, %v; want %q", got, err, deb)
+	}
+	if got, err := FindIMAKexecKernel(); err == nil && got == staging {
+		t.Errorf("FindIMAKexecKernel returned the 7.2 kernel")
+	}
+	if got, err := FindKernel(); err == nil && (got == deb || got == staging) {
+		t.Errorf("FindKernel (Debian 6.1) returned a 7.2 kernel %q", got)
 	}
 }

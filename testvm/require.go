@@ -82,11 +82,30 @@ func Require(t testing.TB) string {
 // kernel (see FindIMAKexecKernel).
 func RequireIMAKexecKernel(t testing.TB) string {
 	t.Helper()
+	return requireKernel(t, FindIMAKexecKernel)
+}
+
+// RequireIMAStagingKernel is Require for tests that need the 7.2 kernel with
+// CONFIG_IMA_STAGING=y and CONFIG_IMA_KEXEC=y (see FindIMAStagingKernel).
+func RequireIMAStagingKernel(t testing.TB) string {
+	t.Helper()
+	return requireKernel(t, FindIMAStagingKernel)
+}
+
+// RequireDebian72Kernel is Require for tests that need Debian's own 7.2 kernel (see
+// FindDebian72Kernel).
+func RequireDebian72Kernel(t testing.TB) string {
+	t.Helper()
+	return requireKernel(t, FindDebian72Kernel)
+}
+
+func requireKernel(t testing.TB, find func() (string, error)) string {
+	t.Helper()
 	requireLong(t)
 	if why := checkTools(); why != "" {
 		skipOrFail(t, why)
 	}
-	k, err := FindIMAKexecKernel()
+	k, err := find()
 	if err != nil {
 		skipOrFail(t, err.Error())
 	}

@@ -76,7 +76,7 @@ type drainOut struct {
 	Stored     uint64                       `json:"stored"`
 	Deleted    uint64                       `json:"deleted"`
 	Resolved   uint64                       `json:"resolved"`
-	Carried    bool                         `json:"carried"`
+	Suspended  bool                         `json:"suspended"`
 	Segments   []int                        `json:"segments"`
 	Chain      uint64                       `json:"chain_records"`
 	PCRs       map[string]map[string]string `json:"pcrs"`
@@ -84,7 +84,7 @@ type drainOut struct {
 
 func drainJSON(r *handover.DrainResult) drainOut {
 	o := drainOut{Backend: string(r.Backend), Store: r.StoreDir, Archived: r.Archived, BootID: r.BootID, Generation: r.Generation,
-		Held: r.Held, Retained: r.Retained, Stored: r.Stored, Deleted: r.Deleted, Resolved: r.Resolved, Carried: r.Carried,
+		Held: r.Held, Retained: r.Retained, Stored: r.Stored, Deleted: r.Deleted, Resolved: r.Resolved, Suspended: r.Suspended,
 		Segments: []int{}, Chain: r.Chain, PCRs: pcrJSON(r.PCRs)}
 	for _, s := range r.Segments {
 		o.Segments = append(o.Segments, s.Number)

@@ -38,14 +38,14 @@ func (c *simCmd) Usage() string {
 }
 
 func (c *simCmd) SetFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&c.profile, "profile", string(kmodel.Profile72), "kernel profile: debian-6.1, 6.1-ima-kexec, 6.16, 7.2, 7.2+trim-log")
+	fs.StringVar(&c.profile, "profile", string(kmodel.Profile72), "kernel profile: debian-6.1, 6.1-ima-kexec, 6.16, 7.2 (CONFIG_IMA_STAGING and IMA_KEXEC), debian-7.2 (neither), 7.2+trim-log")
 	fs.StringVar(&c.mount, "mount", "", "directory to mount the model's securityfs on (it plays /sys/kernel/security)")
 	fs.StringVar(&c.tpmSocket, "tpm-socket", "", "unix socket to serve the model's TPM on (raw TPM 2.0 commands)")
 	fs.StringVar(&c.control, "control", "", "event file: a fifo (created if missing) or a regular file that is followed")
 	fs.StringVar(&c.policy, "policy", "", "IMA policy file (kernel syntax); default: exec, root reads, kexec functions, ima_kexec critical data")
-	fs.StringVar(&c.template, "template", "ima-ng", "default template (ima_template=)")
+	fs.StringVar(&c.template, "template", "ima-ng", "default template (ima_template=, or a format as ima_template_fmt=; ima needs --hash sha1)")
 	fs.StringVar(&c.hash, "hash", "sha256", "ima_hash")
-	fs.BoolVar(&c.flushHTable, "flush-htable", false, "boot with ima_flush_htable")
+	fs.BoolVar(&c.flushHTable, "flush-htable", false, "boot with ima_flush_htable (ignored with --disable-htable, as the kernel does)")
 	fs.BoolVar(&c.disableHTable, "disable-htable", false, "CONFIG_IMA_DISABLE_HTABLE")
 	fs.IntVar(&c.extraKB, "extra-memory-kb", 0, "CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB (6.16+)")
 	fs.StringVar(&c.proc, "proc", "", "directory the model keeps the procfs files in that imakexec reads (boot id, release, cmdline); pass it as --proc to the other commands")

@@ -1,5 +1,7 @@
-// Package kmodel is a model of the Linux kernel's IMA measurement list, written from
-// shared/spec/ima-kernel.md ("spec §N"): measurement with the hash table and per-bank
+// Package kmodel is a model of the Linux kernel's IMA measurement list, checked against the
+// kernel's own security/integrity/ima/ code (7.2.13; older behaviour from the versions
+// named on each profile), each rule citing the kernel function it mirrors: measurement
+// with the hash table and per-bank
 // template digests extended into a real TPM, violations, boot_aggregate, the securityfs
 // files and their open/write rules, 7.2 staging and delete-N, Steven Chen's unmerged
 // ima_trim_log (v5), and the kexec handover of the list (sizing, copy at load or at
@@ -25,22 +27,31 @@ const (
 	// legacy list files (before 6.10: regular files with SHA1 digests, no per-bank files).
 	ProfileDebian61 Profile = "debian-6.1"
 	// Profile61IMAKexec: 6.1 with CONFIG_IMA_KEXEC=y: the list is copied into the kexec
-	// segment during kexec_file_load; records added later are lost (spec §10.3).
+	// segment during kexec_file_load (ima_add_kexec_buffer, 6.1); records added later are
+	// lost.
 	Profile61IMAKexec Profile = "6.1-ima-kexec"
 	// Profile616: 6.16: per-bank files (6.10), measurement suspended at reboot (6.14), the
-	// segment sized at load with CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB and filled at execute,
-	// kexec_load/kexec_execute critical data (spec §10.2, §10.3, §11).
+	// segment sized at load with CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB and filled at execute
+	// (ima_add_kexec_buffer, ima_update_kexec_buffer), kexec_load/kexec_execute critical
+	// data (ima_measure_kexec_event).
 	Profile616 Profile = "6.16"
-	// Profile72: 7.2 with CONFIG_IMA_STAGING: staged files, A/D/N, mediated opens,
-	// runtime_measurements_count of the current list, staged records carried first (§12).
+	// Profile72: 7.2 with CONFIG_IMA_STAGING=y and CONFIG_IMA_KEXEC=y: staged files, A/D/N,
+	// mediated opens, runtime_measurements_count of the current list, staged records
+	// carried first (ima_fs.c, ima_queue.c, ima_dump_measurement_list, 7.2).
 	Profile72 Profile = "7.2"
+	// ProfileDebian72: Debian's own 7.2 cloud kernel: CONFIG_IMA_STAGING and
+	// CONFIG_IMA_KEXEC not set (the Kconfig defaults). The list files are still 0660,
+	// mediated, and accept "N" (create_securityfs_measurement_lists and
+	// _ima_measurements_write do not depend on staging); there are no _staged files, no
+	// kexec carry-over and no kexec_load/kexec_execute records.
+	ProfileDebian72 Profile = "debian-7.2"
 	// Profile72Trim: 7.2 plus Steven Chen's v5 ima_trim_log (CONFIG_IMA_LOG_TRIMMING,
-	// read T, write "T:N"; spec §12.4). Not merged upstream.
+	// read T, write "T:N"). Not merged upstream.
 	Profile72Trim Profile = "7.2+trim-log"
 )
 
 // Profiles lists every profile.
-var Profiles = []Profile{ProfileDebian61, Profile61IMAKexec, Profile616, Profile72, Profile72Trim}
+var Profiles = []Profile{ProfileDebian61, Profile61IMAKexec, Profile616, Profile72, ProfileDebian72, Profile72Trim}
 
 // ParseProfile checks a profile name.
 func ParseProfile(s string) (Profile, error) {
@@ -82,6 +93,10 @@ type Features struct {
 	CountCurrent bool
 	// TrimLog: CONFIG_IMA_LOG_TRIMMING of the v5 trim series: ima_trim_log.
 	TrimLog bool
+	// TwoPartSize: the segment size adds the 24-byte header once per counted part, the
+	// current and the staged list (ima_add_kexec_buffer, 7.2), so it can be a page more
+	// than a single-header estimate.
+	TwoPartSize bool
 }
 
 // Features returns the behaviours of a profile.
@@ -96,10 +111,12 @@ func (p Profile) Features() Features {
 			ExtraMemoryRule: true, SuspendAtReboot: true, PerBankFiles: true}
 	case Profile72:
 		return Features{Release: "7.2.0", IMAKexec: true, CopyAtExecute: true, KexecCriticalData: true,
-			ExtraMemoryRule: true, SuspendAtReboot: true, PerBankFiles: true, Mediated: true, Staging: true, CountCurrent: true}
+			ExtraMemoryRule: true, SuspendAtReboot: true, PerBankFiles: true, Mediated: true, Staging: true, CountCurrent: true, TwoPartSize: true}
+	case ProfileDebian72:
+		return Features{Release: "7.2.0-debian", SuspendAtReboot: true, PerBankFiles: true, Mediated: true, CountCurrent: true}
 	case Profile72Trim:
 		return Features{Release: "7.2.0-trim-log", IMAKexec: true, CopyAtExecute: true, KexecCriticalData: true,
-			ExtraMemoryRule: true, SuspendAtReboot: true, PerBankFiles: true, Mediated: true, Staging: true, CountCurrent: true, TrimLog: true}
+			ExtraMemoryRule: true, SuspendAtReboot: true, PerBankFiles: true, Mediated: true, Staging: true, CountCurrent: true, TrimLog: true, TwoPartSize: true}
 	}
 	return Features{}
 }
@@ -111,8 +128,10 @@ type Config struct {
 	// Policy is the IMA policy in the kernel's syntax (one rule per line); empty means
 	// DefaultPolicy.
 	Policy string
-	// Template is the default template (ima_template=); default "ima-ng". Buffer
-	// measurements use ima-buf unless a rule names a template (spec §5.1, §11).
+	// Template is the default template (ima_template= or ima_template_fmt=); default
+	// "ima-ng". "ima" with an ima_hash other than sha1 is ignored as ima_template_setup
+	// does (the default stays). Buffer measurements use ima-buf unless a rule names a
+	// template (ima_init_template, process_buffer_measurement).
 	Template string
 	// Hash is ima_hash, the file hash algorithm and the key of the hash table; default
 	// "sha256". One of sha1, sha256, sha384, sha512.
@@ -137,13 +156,16 @@ type Config struct {
 	// TPM is the TPM to use; nil opens the in-process simulator (closed by Close).
 	TPM TPMDevice
 	// StagingRFCv1 serves the staged files under the names of the staging RFC v1 (Dec
-	// 2025, spec §12.1): `…_staged_<algo>` rather than `…_<algo>_staged`, and reading an
+	// 2025, not merged): `…_staged_<algo>` rather than `…_<algo>_staged`, and reading an
 	// empty staged list fails with ENOENT. Its other differences (N on the staged file,
 	// staged records not carried by kexec) are not modelled. Only with Staging.
 	StagingRFCv1 bool
 	// Proc, when set, is a directory where the kernel keeps the /proc files imakexec reads
 	// (boot id, release, command line) current at every boot; see DefaultCmdline.
 	Proc string
+	// RootFSMagic is the file-system magic of paths outside /proc, /sys, /dev, /tmp and
+	// /run, which policy rules with fsmagic= see; default EXT4_SUPER_MAGIC.
+	RootFSMagic uint32
 }
 
 // DefaultPolicy measures executed files, files read by root, the three kexec functions
@@ -172,6 +194,13 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if o.Hash == "" {
 		o.Hash = "sha256"
+	}
+	if o.Template == "ima" && o.Hash != "sha1" {
+		// ima_template_setup: "template does not support hash alg"; md5 is not modelled.
+		o.Template = "ima-ng"
+	}
+	if o.RootFSMagic == 0 {
+		o.RootFSMagic = Ext4SuperMagic
 	}
 	switch o.Hash {
 	case "sha1", "sha256", "sha384", "sha512":

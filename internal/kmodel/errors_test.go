@@ -11,8 +11,9 @@ import (
 	"github.com/imakexec/imakexec/internal/kmodel/kmodeltest"
 )
 
-// TestErrorRows checks every error of spec §12.2 through the FUSE mount, with the exact
-// errno.
+// TestErrorRows checks every error of the 7.2 list files through the FUSE mount, with the
+// exact errno of _ima_measurements_write, ima_queue_stage, ima_queue_staged_delete_all
+// and ima_queue_delete_partial, including their order when two conditions hold.
 func TestErrorRows(t *testing.T) {
 	env := kmodeltest.Mount(t, kmodel.Config{Profile: kmodel.Profile72, MaxReaders: 2})
 	k := env.Kernel
@@ -115,9 +116,45 @@ func TestErrorRows(t *testing.T) {
 	}
 	check("D once suspended", writeFile(staged, os.O_WRONLY, "D\n"), syscall.ESTALE)
 	check("N once suspended", writeFile(orig, os.O_WRONLY, "1\n"), syscall.ESTALE)
-	check("A once suspended", writeFile(filepath.Join(env.IMADir, "ascii_runtime_measurements_sha512_staged"), os.O_WRONLY, "A\n"), syscall.EACCES)
+	// ima_queue_stage checks "something staged" before "suspended".
+	check("A once suspended, records staged", writeFile(filepath.Join(env.IMADir, "ascii_runtime_measurements_sha512_staged"), os.O_WRONLY, "A\n"), syscall.EEXIST)
+	// ima_queue_delete_partial counts the records before it looks at "suspended".
+	check("N beyond the list once suspended", writeFile(orig, os.O_WRONLY, "99\n"), syscall.ENOENT)
 	if r, _ := k.Exec("/bin/late", []byte("late")); r.Outcome != kmodel.OutcomeSuspended {
 		t.Errorf("exec after suspend: %v", r.Outcome)
+	}
+}
+
+// TestErrnoPrecedenceSuspended covers the suspended rows the kernel orders after another
+// check: A on an empty list is ENOENT and only a non-empty one EACCES (ima_queue_stage); D
+// with nothing staged is ENOENT, not ESTALE (ima_queue_staged_delete_all).
+func TestErrnoPrecedenceSuspended(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		records int // measured after A and D emptied both lists
+		req     string
+		want    syscall.Errno
+	}{
+		{"A, list empty", 0, "A\n", syscall.ENOENT},
+		{"A, list not empty", 2, "A\n", syscall.EACCES},
+		{"D, nothing staged", 2, "D\n", syscall.ENOENT},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := kmodeltest.Mount(t, kmodel.Config{Profile: kmodel.Profile72})
+			staged := filepath.Join(env.IMADir, "binary_runtime_measurements_sha1_staged")
+			for _, r := range []string{"A\n", "D\n"} {
+				if err := writeFile(staged, os.O_WRONLY, r); err != nil {
+					t.Fatalf("%q: %v", r, err)
+				}
+			}
+			env.Kernel.Synthetic(tc.records)
+			if _, err := env.Kernel.Suspend(); err != nil {
+				t.Fatal(err)
+			}
+			if got := errnoOf(writeFile(staged, os.O_WRONLY, tc.req)); got != tc.want {
+				t.Errorf("%q: %v, want %v", tc.req, got, tc.want)
+			}
+		})
 	}
 }
 

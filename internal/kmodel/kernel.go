@@ -37,9 +37,9 @@ func (e *entry) record() serialize.Record {
 	return serialize.Record{PCR: e.pcr, Template: e.tmpl, Data: e.data, Digest: e.sha1[:]}
 }
 
-// kernelSize is the kexec size accounting of one record (get_binary_runtime_size, spec
-// §10.2): 4 + 20 + 4 + strlen(template name) + 4 + data length. Custom templates have an
-// empty name in the kernel, so they are under-counted as there.
+// kernelSize is the kexec size accounting of one record (get_binary_runtime_size, 7.2):
+// 4 + 20 + 4 + strlen(template name) + 4 + data length. Custom templates have an empty
+// name in the kernel (the list shows their format), so they are under-counted as there.
 func (e *entry) kernelSize() int64 {
 	name := e.tmpl
 	if !builtinTemplate(name) {
@@ -48,12 +48,30 @@ func (e *entry) kernelSize() int64 {
 	return int64(4 + serialize.SHA1Size + 4 + len(name) + 4 + len(e.data))
 }
 
+// builtinNames are the names of builtin_templates (ima_template.c).
+var builtinNames = []string{"ima", "ima-ng", "ima-sig", "ima-ngv2", "ima-sigv2", "ima-buf", "ima-modsig", "evm-sig"}
+
 func builtinTemplate(name string) bool {
-	switch name {
-	case "ima", "ima-ng", "ima-ngv2", "ima-sig", "ima-sigv2", "ima-buf", "ima-modsig", "evm-sig":
-		return true
+	for _, n := range builtinNames {
+		if n == name {
+			return true
+		}
 	}
 	return false
+}
+
+// canonicalTemplate is the name a template looked up by name or format string gets
+// (lookup_template_desc, 7.2): a format equal to a built-in template's, such as
+// "d-ng|n-ng", is that template ("ima-ng"). Restore and policy template= look templates up
+// this way; ima_template_fmt= does not (its descriptor keeps an empty name, and the list
+// shows the format).
+func canonicalTemplate(name string) string {
+	for _, n := range builtinNames {
+		if t, err := serialize.LookupTemplate(n); err == nil && (n == name || t.Format() == name) {
+			return n
+		}
+	}
+	return name
 }
 
 // htKey is a hash-table key: the PCR and the ima_hash template digest (digests longer than
@@ -130,6 +148,7 @@ type Kernel struct {
 	lastTrimmed int64
 
 	image       *kexecImage
+	segSize     int64 // kexec_segment_size: computed at the last kexec_file_load
 	nextProfile Profile
 	lastDump    []byte
 	restoreErr  error
@@ -278,8 +297,9 @@ func bankHash(b serialize.Bank) crypto.Hash {
 	}
 }
 
-// boot starts IMA in a fresh kernel (ima_init): restore the kexec buffer if any, then the
-// boot_aggregate (spec §8, §10.6). Called with k.mu held.
+// boot starts IMA in a fresh kernel (ima_init, 7.2): restore the kexec buffer if any
+// (ima_load_kexec_buffer), the boot_aggregate, then the kernel_info/kernel_version
+// critical data where the policy measures it. Called with k.mu held.
 func (k *Kernel) boot(kexecBuf []byte) error {
 	k.cur, k.staged = nil, nil
 	k.htable = map[htKey]struct{}{}
@@ -288,7 +308,7 @@ func (k *Kernel) boot(kexecBuf []byte) error {
 	k.suspended = false
 	k.numRecords, k.violations, k.fullCount, k.fullSize, k.htableSize = 0, 0, 0, 0, 0
 	k.trimTotal, k.lastTrimmed = 0, 0
-	k.image = nil
+	k.image, k.segSize = nil, 0
 	k.users, k.writer, k.writerExtra = 0, 0, 0
 	k.generation++
 	k.boots++
@@ -300,11 +320,16 @@ func (k *Kernel) boot(kexecBuf []byte) error {
 	if kexecBuf != nil {
 		k.restored, k.restoreErr = k.restore(kexecBuf)
 	}
-	return k.bootAggregate()
+	if err := k.bootAggregate(); err != nil {
+		return err
+	}
+	_, err := k.policyBuffer(FuncCriticalData, "kernel_info", "kernel_version", []byte(k.feat.Release), 0)
+	return err
 }
 
-// bootAggregate adds the boot_aggregate record (spec §8): the ima_hash bank if allocated,
-// else sha256, else sha1; over PCRs 0-7, plus 8-9 for a non-SHA1 bank.
+// bootAggregate adds the boot_aggregate record (ima_add_boot_aggregate,
+// ima_calc_boot_aggregate): the ima_hash bank if allocated, else sha256, else sha1; over
+// PCRs 0-7, plus 8-9 for a non-SHA1 bank.
 func (k *Kernel) bootAggregate() error {
 	var bank *serialize.Bank
 	for _, want := range []string{k.hash.Name, "sha256", "sha1"} {
@@ -480,7 +505,8 @@ func (k *Kernel) hasSHA1Bank() bool {
 	return false
 }
 
-// key computes the hash-table key: the ima_hash template digest and the PCR (spec §9).
+// key computes the hash-table key: the ima_hash template digest and the PCR
+// (ima_lookup_digest_entry).
 func (k *Kernel) key(rec *serialize.Record, pcr uint32) htKey {
 	var d []byte
 	found := false
@@ -526,7 +552,7 @@ func (k *Kernel) measure(fn Func, mask uint32, uid uint32, name string, content 
 		res.Outcome = OutcomeSuspended
 		return res, nil
 	}
-	r := k.policy.match(event{fn: fn, mask: mask, uid: uid})
+	r := k.policy.match(event{fn: fn, mask: mask, uid: uid, fsmagic: k.fsMagicOf(name)})
 	if r == nil || !r.Measure {
 		res.Outcome = OutcomeNotMeasured
 		return res, nil
@@ -607,12 +633,14 @@ func (k *Kernel) buffer(name string, buf []byte, pcr uint32, tmpl string) (Resul
 	return k.add(entry{data: data, pcr: pcr, tmpl: tmpl}, name)
 }
 
-// policyBuffer measures a buffer if the policy says so for fn (and label).
-func (k *Kernel) policyBuffer(fn Func, label, name string, buf []byte) (Result, error) {
+// policyBuffer measures a buffer if the policy says so for fn (and label);
+// process_buffer_measurement. fsmagic is the file system of the hook's inode (the kernel
+// file for KEXEC_CMDLINE), 0 for critical data, which has none.
+func (k *Kernel) policyBuffer(fn Func, label, name string, buf []byte, fsmagic uint32) (Result, error) {
 	if k.suspended {
 		return Result{Name: name, Outcome: OutcomeSuspended}, nil
 	}
-	r := k.policy.match(event{fn: fn, label: label})
+	r := k.policy.match(event{fn: fn, label: label, fsmagic: fsmagic})
 	if r == nil || !r.Measure {
 		return Result{Name: name, Outcome: OutcomeNotMeasured}, nil
 	}
@@ -626,7 +654,7 @@ func (k *Kernel) policyBuffer(fn Func, label, name string, buf []byte) (Result, 
 	return k.buffer(name, buf, pcr, tmpl)
 }
 
-// Violation records a ToMToU violation for path (ima_add_violation, spec §7): the counter
+// Violation records a ToMToU violation for path (ima_add_violation): the counter
 // goes up; a record with a zero digest field and zero template digests is listed in the
 // configured PCR without a hash-table check and extended with 0xFF.
 func (k *Kernel) Violation(path string) (Result, error) {

@@ -46,7 +46,8 @@ func (k *Kernel) KexecLoad(kernel, initrd []byte, cmdline string) error {
 	return err
 }
 
-// KexecLoadFiles is kexec_file_load (spec §10.1-§10.3, §11): measure the kernel image
+// KexecLoadFiles is kexec_file_load (kimage_file_prepare_segments, ima_add_kexec_buffer,
+// ima_kexec_cmdline): measure the kernel image
 // (KEXEC_KERNEL_CHECK), the initramfs (KEXEC_INITRAMFS_CHECK) and the command line
 // (KEXEC_CMDLINE, ima-buf "kexec-cmdline") per policy; with CONFIG_IMA_KEXEC size the
 // segment (list + extra, page aligned; refused above half of RAM) and, before 6.16, copy
@@ -68,23 +69,34 @@ func (k *Kernel) KexecLoadFiles(kernel, initrd File, cmdline string) (KexecLoadR
 		}
 		out.Measurements = append(out.Measurements, r)
 	}
-	r, err := k.policyBuffer(FuncKexecCmdline, "", "kexec-cmdline", []byte(cmdline))
+	r, err := k.policyBuffer(FuncKexecCmdline, "", "kexec-cmdline", []byte(cmdline), k.fsMagicOf(kernel.Path))
 	if err != nil {
 		return out, err
 	}
 	out.Measurements = append(out.Measurements, r)
 	img := &kexecImage{cmdline: cmdline}
 	if k.feat.IMAKexec {
+		// ima_add_kexec_buffer: kexec_segment_size is set before the size check, and the
+		// kexec_load record is measured only once the buffer is allocated
+		// (ima_alloc_kexec_file_buf), so a list too large for a segment gets none.
 		size := k.listSize()
 		extra := int64(pageSize / 2)
 		if k.feat.ExtraMemoryRule && k.cfg.ExtraMemoryKB > 0 {
 			extra = int64(k.cfg.ExtraMemoryKB) * 1024
 		}
 		seg := (size + extra + pageSize - 1) / pageSize * pageSize
+		k.segSize = seg
 		if seg > k.cfg.MemoryBytes/2 {
 			img.note = "Binary measurement list too large."
 		} else {
 			img.segSize = seg
+			if k.feat.KexecCriticalData {
+				r, err := k.kexecEvent("kexec_load")
+				if err != nil {
+					return out, err
+				}
+				out.Measurements = append(out.Measurements, r)
+			}
 		}
 		if img.segSize > 0 && !k.feat.CopyAtExecute {
 			img.buf, _ = k.dump(img.segSize)
@@ -92,22 +104,19 @@ func (k *Kernel) KexecLoadFiles(kernel, initrd File, cmdline string) (KexecLoadR
 			out.CopiedRecords = len(k.staged) + len(k.cur)
 		}
 	}
-	if k.feat.KexecCriticalData {
-		r, err := k.kexecEvent("kexec_load", img.segSize)
-		if err != nil {
-			return out, err
-		}
-		out.Measurements = append(out.Measurements, r)
-	}
 	k.image = img
 	out.SegmentSize, out.Copied, out.Note = img.segSize, img.copied, img.note
 	return out, nil
 }
 
-// listSize is ima_get_binary_runtime_size for the segment: header plus every record the
-// dump would write (7.2: staged and current).
+// listSize is what ima_add_kexec_buffer sizes the segment for: every record the dump
+// would write (7.2: staged and current) plus the header, which 7.2 counts once per part
+// (ima_get_binary_runtime_size(BINARY) + ima_get_binary_runtime_size(BINARY_STAGED)).
 func (k *Kernel) listSize() int64 {
 	n := int64(serialize.KexecHeaderSize)
+	if k.feat.TwoPartSize {
+		n += serialize.KexecHeaderSize
+	}
 	for i := range k.staged {
 		n += k.staged[i].kernelSize()
 	}
@@ -117,15 +126,17 @@ func (k *Kernel) listSize() int64 {
 	return n
 }
 
-// kexecEvent records the ima_kexec critical data (spec §11).
-func (k *Kernel) kexecEvent(name string, seg int64) (Result, error) {
+// kexecEvent records the ima_kexec critical data (ima_measure_kexec_event): the last
+// computed kexec_segment_size and, from 7.2, the BINARY_FULL counters: every record added
+// in this kernel, restored ones included (ima_restore_measurement_entry goes through
+// ima_add_digest_entry), deleted ones not subtracted.
+func (k *Kernel) kexecEvent(name string) (Result, error) {
 	count, size := k.numRecords, k.htableSize+serialize.KexecHeaderSize
 	if k.feat.CountCurrent {
-		// 7.2: the FULL counters, records this kernel measured (not restored ones).
 		count, size = k.fullCount, k.fullSize+serialize.KexecHeaderSize
 	}
-	payload := fmt.Sprintf("kexec_segment_size=%d;ima_binary_runtime_size=%d;ima_runtime_measurements_count=%d;", seg, size, count)
-	return k.policyBuffer(FuncCriticalData, "ima_kexec", name, []byte(payload))
+	payload := fmt.Sprintf("kexec_segment_size=%d;ima_binary_runtime_size=%d;ima_runtime_measurements_count=%d;", k.segSize, size, count)
+	return k.policyBuffer(FuncCriticalData, "ima_kexec", name, []byte(payload), 0)
 }
 
 // Suspend runs the reboot notifiers of a kexec reboot without jumping: from 6.16 the
@@ -143,8 +154,9 @@ func (k *Kernel) suspend() (Result, error) {
 	}
 	var res Result
 	if k.feat.KexecCriticalData && k.image != nil {
+		// ima_reboot_notifier: on "kexec reboot" under CONFIG_IMA_KEXEC.
 		var err error
-		if res, err = k.kexecEvent("kexec_execute", k.image.segSize); err != nil {
+		if res, err = k.kexecEvent("kexec_execute"); err != nil {
 			return res, err
 		}
 	}
@@ -173,9 +185,9 @@ type KexecExecuteResult struct {
 
 // KexecExecute is reboot(LINUX_REBOOT_CMD_KEXEC): the reboot notifiers (Suspend), the dump
 // of staged and current records into the segment at execute (6.16+; an overflow stops the
-// dump and may cut the last record, spec §10.3), then the jump: the model becomes the
+// dump and may cut the last record, ima_dump_measurement_list), then the jump: the model becomes the
 // next kernel on the same TPM, which restores the buffer (digests recomputed, no extend,
-// no hash-table insert; §10.6) and adds its boot_aggregate. PCRs are not reset.
+// no hash-table insert; ima_restore_measurement_list) and adds its boot_aggregate. PCRs are not reset.
 func (k *Kernel) KexecExecute() error {
 	_, err := k.KexecExecuteResult()
 	return err
@@ -289,7 +301,8 @@ func (k *Kernel) RestoreError() error {
 // dump serialises staged then current records (ima_dump_measurement_list) into a segment of
 // segSize bytes with serialize's kexec writer. Before each record it checks whether the
 // buffer is full and stops if so; a record that does not fit is cut at the segment end and
-// still counted in the header (spec §10.3 [I]).
+// still counted in the header: ima_dump_measurement checks for room before each record and
+// increments the count, and seq_putc drops the bytes past the buffer's end.
 func (k *Kernel) dump(segSize int64) (buf []byte, truncated bool) {
 	ws := &memWS{}
 	kw, err := serialize.NewKexecWriter(ws, le, k.dg)
@@ -362,8 +375,12 @@ func (m *memWS) Seek(off int64, whence int) (int64, error) {
 //lint:ignore ST1005 the kernel's own message, as it logs it
 var errRestore = errors.New("Failed to restore the measurement list")
 
-// restore is ima_restore_measurement_list (spec §10.6), called with k.mu held by boot. It
-// returns how many records were restored and the error that stopped it.
+// restore is ima_restore_measurement_list (ima_template.c, 7.2), called with k.mu held by
+// boot. Each template is looked up by name or format (lookup_template_desc), so a record
+// of a custom format equal to a built-in one comes back under the built-in name. Restored
+// records are counted like measured ones (ima_add_digest_entry: BINARY and BINARY_FULL)
+// but neither extended nor put in the hash table. It returns how many records were
+// restored and the error that stopped it.
 func (k *Kernel) restore(buf []byte) (int, error) {
 	if len(buf) < serialize.KexecHeaderSize {
 		return 0, nil
@@ -400,7 +417,7 @@ func (k *Kernel) restore(buf []byte) (int, error) {
 		if _, err := serialize.ParseFields(rec, le); err != nil {
 			return n, fmt.Errorf("%w: record %d: %v: %w", errRestore, i, err, errEINVAL)
 		}
-		e := entry{data: bytes.Clone(rec.Data), pcr: rec.PCR, tmpl: rec.Template, viol: rec.IsViolation()}
+		e := entry{data: bytes.Clone(rec.Data), pcr: rec.PCR, tmpl: canonicalTemplate(rec.Template), viol: rec.IsViolation()}
 		if !e.viol {
 			r := e.record()
 			r.Digest = nil
@@ -411,6 +428,8 @@ func (k *Kernel) restore(buf []byte) (int, error) {
 			e.sha1 = d
 		}
 		k.append(e) // no extend, no hash-table insert
+		k.fullCount++
+		k.fullSize += e.kernelSize()
 		n++
 	}
 	return n, nil

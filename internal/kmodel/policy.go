@@ -53,6 +53,37 @@ type Rule struct {
 	PCR      uint32 // 0: CONFIG_IMA_MEASURE_PCR_IDX
 	Template string
 	Label    string // critical data label
+	FSMagic  *uint32
+}
+
+// File-system magics (include/uapi/linux/magic.h) of the model's paths.
+const (
+	Ext4SuperMagic    = 0xef53
+	ProcSuperMagic    = 0x9fa0
+	SysfsMagic        = 0x62656572
+	SecurityfsMagic   = 0x73636673
+	TmpfsMagic        = 0x01021994
+	Cgroup2SuperMagic = 0x63677270
+)
+
+// fsMagicOf is the file system a path of the model lives on: /proc, /sys (securityfs and
+// cgroup2 below it), /dev, /tmp, /run and /dev/shm as a Linux system mounts them, every
+// other path on the root file system (Config.RootFSMagic).
+func (k *Kernel) fsMagicOf(p string) uint32 {
+	under := func(dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
+	switch {
+	case under("/proc"):
+		return ProcSuperMagic
+	case under("/sys/kernel/security"):
+		return SecurityfsMagic
+	case under("/sys/fs/cgroup"):
+		return Cgroup2SuperMagic
+	case under("/sys"):
+		return SysfsMagic
+	case under("/dev"), under("/tmp"), under("/run"):
+		return TmpfsMagic
+	}
+	return k.cfg.RootFSMagic
 }
 
 // Policy is an ordered rule list; the first matching measure/dont_measure rule decides
@@ -61,9 +92,10 @@ type Policy struct {
 	Rules []Rule
 }
 
-// ParsePolicy parses the kernel's policy syntax, a useful subset: measure/dont_measure with
-// func=, mask=, fsmagic= (accepted, ignored: the model has no file systems), uid=, pcr=,
-// template=, label=. Comments (#) and blank lines are skipped; rules with other actions are
+// ParsePolicy parses the kernel's policy syntax (ima_parse_rule), a useful subset:
+// measure/dont_measure with func=, mask=, fsmagic= (kstrtoul base 16), uid=, pcr=,
+// template= (looked up by name or format, lookup_template_desc), label=. The other
+// conditions (fsuuid=, LSM labels, ...) are accepted and not modelled. Comments (#) and blank lines are skipped; rules with other actions are
 // ignored.
 func ParsePolicy(text string) (*Policy, error) {
 	p := &Policy{}
@@ -114,7 +146,14 @@ func ParsePolicy(text string) (*Policy, error) {
 					return nil, fmt.Errorf("policy line %d: unknown mask %q", ln, v)
 				}
 				r.Mask = m
-			case "fsmagic", "fsuuid", "fsname", "obj_user", "obj_role", "obj_type", "subj_user", "subj_role", "subj_type", "appraise_type", "appraise_flag", "digest_type", "keyrings", "permit_directio":
+			case "fsmagic":
+				n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimPrefix(v, "0x"), "0X"), 16, 32)
+				if err != nil || r.FSMagic != nil {
+					return nil, fmt.Errorf("policy line %d: bad fsmagic %q", ln, v)
+				}
+				m := uint32(n)
+				r.FSMagic = &m
+			case "fsuuid", "fsname", "obj_user", "obj_role", "obj_type", "subj_user", "subj_role", "subj_type", "appraise_type", "appraise_flag", "digest_type", "keyrings", "permit_directio":
 				// accepted, not modelled
 			case "uid", "euid", "fowner":
 				n, err := strconv.ParseUint(v, 10, 32)
@@ -133,7 +172,7 @@ func ParsePolicy(text string) (*Policy, error) {
 				if _, err := serialize.LookupTemplate(v); err != nil {
 					return nil, fmt.Errorf("policy line %d: %w", ln, err)
 				}
-				r.Template = v
+				r.Template = canonicalTemplate(v)
 			case "label":
 				r.Label = v
 			default:
@@ -147,17 +186,30 @@ func ParsePolicy(text string) (*Policy, error) {
 
 // event is what a hook asks the policy about.
 type event struct {
-	fn    Func
-	mask  uint32
-	uid   uint32
-	label string
+	fn      Func
+	mask    uint32
+	uid     uint32
+	label   string
+	fsmagic uint32 // the inode's s_magic; 0 for a hook without an inode
 }
 
-// match returns the deciding rule, or nil when no rule matches (not measured).
+// match returns the deciding rule, or nil when no rule matches (not measured). It follows
+// ima_match_rules (7.2): KEY_CHECK and CRITICAL_DATA match only a rule with that very func=
+// and then only its uid= and keyrings=/label= (ima_match_rule_data); other hooks check
+// func=, mask=, fsmagic= and uid=.
 func (p *Policy) match(e event) *Rule {
 	for i := range p.Rules {
 		r := &p.Rules[i]
 		if r.Func != "" && r.Func != e.fn {
+			continue
+		}
+		if e.fn == FuncCriticalData || e.fn == FuncKey {
+			if r.Func != e.fn || (r.UID != nil && *r.UID != e.uid) || (r.Label != "" && r.Label != e.label) {
+				continue
+			}
+			return r
+		}
+		if r.FSMagic != nil && *r.FSMagic != e.fsmagic {
 			continue
 		}
 		if r.Mask != 0 {

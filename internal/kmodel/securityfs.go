@@ -22,7 +22,8 @@ const (
 	KindSymlink
 )
 
-// FileSpec is one entry of integrity/ima/ (spec §2, §12.2, §12.4).
+// FileSpec is one entry of integrity/ima/ (ima_fs_init, create_securityfs_measurement_lists,
+// 7.2; the trim-log file of the unmerged v5 series).
 type FileSpec struct {
 	Name   string
 	Kind   FileKind
@@ -125,7 +126,7 @@ type Handle struct {
 	aw      *serialize.ASCIIWriter
 }
 
-// Open opens a file the way the kernel would for this caller (spec §2, §12.2, §12.4):
+// Open opens a file the way the kernel would for this caller (_ima_measurements_open, 7.2):
 // permission bits first (DAC; uid 0 overrides), then the file's open rule. On 7.2 the
 // list files share one reader/writer counter: a writer needs CAP_SYS_ADMIN (EPERM) and no
 // other user (EBUSY); a reader fails with EBUSY while a writer holds the files, and with
@@ -173,7 +174,9 @@ func (k *Kernel) Open(spec FileSpec, write, read bool, c Cred) (*Handle, error) 
 	return h, nil
 }
 
-// measureLock is ima_measure_lock (7.2 v7).
+// measureLock is ima_measure_lock (ima_fs.c, 7.2): ENFILE past the reader bound, the
+// writer's own task may open again for write, else EBUSY while a writer (for anyone) or a
+// reader (for a writer) holds the files.
 func (k *Kernel) measureLock(write bool, tid int) error {
 	if !write && k.users >= k.cfg.MaxReaders {
 		return syscall.ENFILE
@@ -346,10 +349,12 @@ func (h *Handle) Write(p []byte) (int, error) {
 	return 0, syscall.EINVAL
 }
 
-// stagedReqLength is the longest staging request (spec §1.2).
+// stagedReqLength is STAGED_REQ_LENGTH (ima_fs.c, 7.2), the longest request.
 const stagedReqLength = 21
 
-// listWrite is _ima_measurements_write (7.2 v7).
+// listWrite is _ima_measurements_write (7.2): length 2..STAGED_REQ_LENGTH, a final newline,
+// then A or D on a staged file, or N (kstrtoul base 10, at least 1) on an original file
+// unless ima_flush_htable is in effect.
 func (k *Kernel) listWrite(p []byte, staged bool) error {
 	if len(p) < 2 || len(p) > stagedReqLength {
 		return syscall.EINVAL
@@ -373,7 +378,7 @@ func (k *Kernel) listWrite(p []byte, staged bool) error {
 	if staged {
 		return syscall.EINVAL
 	}
-	if k.cfg.FlushHTable {
+	if k.flushHTable() {
 		return syscall.EINVAL
 	}
 	n, err := kstrtoul(req, 10)
@@ -414,46 +419,56 @@ func kstrtoul(s string, base int) (uint64, error) {
 	return n, nil
 }
 
-// stage is 'A' (ima_queue_stage).
+// stage is 'A' (ima_queue_stage, 7.2): EEXIST when something is staged, then ENOENT when
+// the current list is empty, and only then EACCES when measurement is suspended; the
+// checks run in this order under ima_extend_list_mutex.
 func (k *Kernel) stage() error {
 	switch {
-	case k.suspended:
-		return syscall.EACCES
 	case len(k.staged) > 0:
 		return syscall.EEXIST
 	case len(k.cur) == 0:
 		return syscall.ENOENT
+	case k.suspended:
+		return syscall.EACCES
 	}
 	k.staged, k.cur = k.cur, nil
 	return nil
 }
 
-// deleteStaged is 'D' (ima_queue_staged_delete_all).
+// deleteStaged is 'D' (ima_queue_staged_delete_all, 7.2): ENOENT when nothing is staged
+// before ESTALE when measurement is suspended. With ima_flush_htable the hash table is
+// replaced by an empty one.
 func (k *Kernel) deleteStaged() error {
 	switch {
-	case k.suspended:
-		return syscall.ESTALE
 	case len(k.staged) == 0:
 		return syscall.ENOENT
+	case k.suspended:
+		return syscall.ESTALE
 	}
 	k.staged = nil
-	if k.cfg.FlushHTable && !k.cfg.DisableHTable {
+	if k.flushHTable() {
 		k.htable = map[htKey]struct{}{}
 	}
 	return nil
 }
 
-// deletePartial is 'N' on an original file (ima_queue_delete_partial).
+// deletePartial is 'N' on an original file (ima_queue_delete_partial, 7.2): the list is
+// walked for N records before the mutex is taken, so "fewer than N" (ENOENT) wins over
+// "suspended" (ESTALE). The deleted records' digests stay in the hash table.
 func (k *Kernel) deletePartial(n uint64) error {
 	switch {
-	case k.suspended:
-		return syscall.ESTALE
 	case n > uint64(len(k.cur)):
 		return syscall.ENOENT
+	case k.suspended:
+		return syscall.ESTALE
 	}
 	k.dropFront(int(n))
 	return nil
 }
+
+// flushHTable is ima_flush_htable as the kernel keeps it: ima_flush_htable_setup ignores
+// the boot parameter (with a warning) under CONFIG_IMA_DISABLE_HTABLE.
+func (k *Kernel) flushHTable() bool { return k.cfg.FlushHTable && !k.cfg.DisableHTable }
 
 // dropFront removes the first n current records; their digests stay in the hash table.
 func (k *Kernel) dropFront(n int) {

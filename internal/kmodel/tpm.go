@@ -72,7 +72,7 @@ const (
 )
 
 // extender builds TPM2_PCR_Extend commands without reflection; one command per record
-// extends every bank (as tpm_pcr_extend does for TPM 2.0, spec §6.2).
+// extends every bank (as tpm_pcr_extend does for TPM 2.0; ima_pcr_extend).
 type extender struct {
 	buf []byte
 }
