@@ -24,7 +24,7 @@ type kexecCmd struct {
 	reuse                   bool
 	store, proc, imaHash    string
 	loadOnly, dryRun, force bool
-	json                    bool
+	json, keylime           bool
 }
 
 func init() { register(&kexecCmd{}) }
@@ -53,6 +53,7 @@ func (c *kexecCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.dryRun, "dry-run", false, "print the plan (what is drained, carried, predicted) and change nothing")
 	fs.BoolVar(&c.force, "force", false, "jump even when the log could not be proven afterwards")
 	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
+	fs.BoolVar(&c.keylime, "keylime-excludes", false, "print a Keylime runtime policy for this kexec's records instead of the report (with --dry-run or --load-only)")
 }
 
 func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
@@ -80,6 +81,12 @@ func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
 		}
 	}
 	rep, err := initramfs.RunKexec(ctx, o, steps, initramfs.SysKexec{})
+	if c.keylime && rep != nil && rep.Kernel.Path != "" {
+		if jerr := writeJSON(env.Stdout, keylimeExcludes(rep)); jerr != nil && err == nil {
+			err = jerr
+		}
+		return err
+	}
 	if rep != nil && (rep.Kernel.Path != "" || len(rep.Refusals) > 0) {
 		if c.json {
 			if jerr := writeJSON(env.Stdout, rep); jerr != nil && err == nil {
