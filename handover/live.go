@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -13,9 +15,9 @@ import (
 	"github.com/imakexec/imakexec/serialize"
 )
 
-// A consistent point of the joined log for readers that must not block drains (the view of
-// `imakexec serve`): the manifest and the running kernel's records the store does not hold,
-// read together.
+// A consistent point of the joined log for readers that must not make drains wait (the
+// view of `imakexec serve`): the manifest and the running kernel's records the store does
+// not hold, read together.
 
 // SnapshotOptions configures ReadSnapshot.
 type SnapshotOptions struct {
@@ -45,11 +47,17 @@ type Snapshot struct {
 func (sn *Snapshot) Records() uint64 { return sn.Store.Records() + uint64(len(sn.Live)) }
 
 // ReadSnapshot reads the store's manifest and the running kernel's unstored records as one
-// point of the log. It holds a shared flock on the store's lock file while it reads, so no
-// drain or rejoin (which take it exclusively) runs in between: a drain that stored and
-// deleted records between the two reads would otherwise make them vanish from both. A
-// drain waits for it at most the time of one read of the kernel's unstored records. It
-// opens the kernel's files only for that read.
+// point of the log, without taking the store's lock, so a drain never waits for it:
+//
+//   - the kernel's list files (staged and current) are all opened before any is read, so on
+//     7.2 no A, D or N can run during the read (one writer or many readers,
+//     ima_measure_lock, 7.2); a drain's open meets EBUSY for that time and retries;
+//   - the manifest is looked at before and after: a drain or rejoin that committed
+//     anything in between changes it, and the snapshot is taken again;
+//   - a kernel that holds fewer records than the store says it kept means a deletion came
+//     after the manifest was read (its "deleted" entry follows the delete): again.
+//
+// Without a store the chain is the kernel's whole list.
 func ReadSnapshot(ctx context.Context, o SnapshotOptions) (*Snapshot, error) {
 	if o.StoreDir == "" {
 		o.StoreDir = DefaultStoreDir
@@ -57,15 +65,46 @@ func ReadSnapshot(ctx context.Context, o SnapshotOptions) (*Snapshot, error) {
 	if o.Busy <= 0 {
 		o.Busy = 2 * time.Second
 	}
+	delay := time.Millisecond
 	for try := 0; ; try++ {
 		sn, again, err := readSnapshot(ctx, o)
 		if err != nil || !again {
 			return sn, err
 		}
-		if try >= 20 {
-			return nil, fmt.Errorf("read snapshot: the store kept appearing while the kernel's list was read")
+		if try >= 100 {
+			return nil, fmt.Errorf("read snapshot: the store changed during each of %d reads of the kernel's list", try+1)
 		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 50*time.Millisecond)
 	}
+}
+
+// manifestStamp identifies the manifest's state: it is only appended to, and replaced
+// (another inode) when the store is archived.
+type manifestStamp struct {
+	exists bool
+	ino    uint64
+	size   int64
+	mtime  time.Time
+}
+
+func stampManifest(dir string) (manifestStamp, error) {
+	fi, err := os.Lstat(filepath.Join(dir, manifestName))
+	if errors.Is(err, os.ErrNotExist) {
+		return manifestStamp{}, nil
+	}
+	if err != nil {
+		return manifestStamp{}, fmt.Errorf("store: %w", err)
+	}
+	st := manifestStamp{exists: true, size: fi.Size(), mtime: fi.ModTime()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
+	}
+	return st, nil
 }
 
 func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again bool, err error) {
@@ -73,11 +112,10 @@ func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again b
 	if err != nil {
 		return nil, false, err
 	}
-	unlock, locked, err := sharedLock(ctx, o.StoreDir)
+	before, err := stampManifest(o.StoreDir)
 	if err != nil {
 		return nil, false, err
 	}
-	defer unlock()
 	s, err := OpenStore(o.StoreDir)
 	if err != nil {
 		return nil, false, err
@@ -97,52 +135,60 @@ func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again b
 		return nil, false, err
 	}
 	k.Busy = o.Busy
-	live, held, err := readLive(ctx, k, skip)
+	live, held, err := readHeld(ctx, k, skip)
 	if err != nil {
 		return nil, false, err
 	}
-	if held < skip {
-		return nil, false, fmt.Errorf("%w: the kernel holds %d records, fewer than the %d stored ones it held at the last drain: records were deleted by something other than imakexec", ErrGap, held, skip)
+	after, err := stampManifest(o.StoreDir)
+	if err != nil {
+		return nil, false, err
 	}
-	if !locked {
-		// No lock file: no store when the lock was looked for. A first drain may have made
-		// one (and deleted records) since; then read again.
-		if _, err := os.Lstat(filepath.Join(o.StoreDir, manifestName)); err == nil {
-			return nil, true, nil
-		}
+	if after != before || held < skip {
+		return nil, true, nil
 	}
 	sn.Live = live
 	return sn, false, nil
 }
 
-// sharedLock takes flock(LOCK_SH) on DIR/lock, waiting while a writer holds it. Without a
-// lock file (no store yet) it takes nothing (locked is false); it never creates files.
-func sharedLock(ctx context.Context, dir string) (unlock func(), locked bool, err error) {
-	f, err := openNoFollow(filepath.Join(dir, lockName), unix.O_RDONLY, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return func() {}, false, nil
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("store: lock: %w", err)
-	}
-	delay := 2 * time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, true, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
+// readHeld reads the kernel's held records (staged, then current) past the first skip,
+// with every list file opened before the first is read.
+func readHeld(ctx context.Context, k *Kernel, skip uint64) (recs []serialize.Record, held uint64, err error) {
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
 			f.Close()
-			return nil, false, fmt.Errorf("store: lock: %w", err)
 		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, false, fmt.Errorf("store: wait for a drain to finish: %w", ctx.Err())
-		case <-time.After(delay):
+	}()
+	for _, name := range []string{k.Staged, k.List} {
+		if name == "" {
+			continue
 		}
-		delay = min(2*delay, 50*time.Millisecond)
+		f, err := k.openKernel(ctx, name, os.O_RDONLY)
+		if err != nil {
+			return nil, 0, fmt.Errorf("read %s: %w", name, err)
+		}
+		files = append(files, f)
 	}
+	for _, f := range files {
+		src, err := listReader(f)
+		if err != nil {
+			return nil, 0, err
+		}
+		for {
+			rec, err := src.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, 0, fmt.Errorf("read %s: %w", f.Name(), err)
+			}
+			held++
+			if held > skip {
+				recs = append(recs, rec.Clone())
+			}
+		}
+	}
+	return recs, held, nil
 }
 
 // SegmentReader reads one segment's records with the checks of the chain reader (file

@@ -21,7 +21,7 @@ type kexecCmd struct {
 	reuse                   bool
 	store, proc, imaHash    string
 	loadOnly, dryRun, force bool
-	json                    bool
+	json, keylime           bool
 	carry                   string
 }
 
@@ -52,6 +52,7 @@ func (c *kexecCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.force, "force", false, "jump even when the log could not be proven afterwards")
 	fs.BoolVar(&c.json, "json", false, "print the report as JSON")
 	fs.StringVar(&c.carry, "carry", "auto", "what the initrd carries: store (every store file), window (the kexec-window description; the store stays on disk) or auto (window when the store is on a persistent filesystem)")
+	fs.BoolVar(&c.keylime, "keylime-excludes", false, "print a Keylime runtime policy for this kexec's records instead of the report (with --dry-run or --load-only)")
 }
 
 func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
@@ -85,6 +86,12 @@ func (c *kexecCmd) Run(ctx context.Context, env *Env, args []string) error {
 	rep, err := initramfs.RunKexec(ctx, o, steps, initramfs.SysKexec{})
 	if err == nil && rep != nil && rep.Loaded && c.loadOnly {
 		noteLoaded(env, rep)
+	}
+	if c.keylime && rep != nil && rep.Kernel.Path != "" {
+		if jerr := writeJSON(env.Stdout, keylimeExcludes(rep)); jerr != nil && err == nil {
+			err = jerr
+		}
+		return err
 	}
 	if rep != nil && (rep.Kernel.Path != "" || len(rep.Refusals) > 0) {
 		if c.json {

@@ -82,6 +82,19 @@ type View struct {
 	mu    sync.Mutex // guards cur
 	cur   *chain
 	build sync.Mutex // one refresh at a time
+
+	fmu      sync.Mutex // guards inflight, lastEnd, lastTook
+	inflight *flight
+	lastEnd  time.Time
+	lastTook time.Duration
+}
+
+// flight is one snapshot being taken, shared by the readers that arrived before it began.
+type flight struct {
+	done  chan struct{}
+	start time.Time
+	sn    *snap
+	err   error
 }
 
 // New opens the view: it takes a first snapshot and indexes the store's chain.
@@ -129,12 +142,15 @@ type snap struct {
 	*handover.Snapshot
 	c      *chain
 	stored uint64 // records of the snapshot's store
+	mu     sync.Mutex
 	tail   map[Format][]int64
 }
 
 // tailOffsets are the offsets of the live records in format f, relative to the stored
 // part's end, with one more entry for the end.
 func (s *snap) tailOffsets(f Format, r *renderer) ([]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if o, ok := s.tail[f]; ok {
 		return o, nil
 	}
@@ -155,9 +171,59 @@ func (s *snap) tailOffsets(f Format, r *renderer) ([]int64, error) {
 	return o, nil
 }
 
-// snapshot reads the store and the kernel's unstored records, and extends (or restarts)
-// the index to the snapshot's store.
+// snapshot returns a snapshot begun after the call: readers that arrive while one is
+// being taken wait for the next and share it, and the next begins no sooner than the last
+// one took after it ended. So the kernel's list files are read by one snapshot at a time,
+// open at most half the time however many readers poll: a drain's open (7.2: one writer
+// or many readers) meets EBUSY and retries for no longer than that.
 func (v *View) snapshot(ctx context.Context) (*snap, error) {
+	arrive := time.Now()
+	v.fmu.Lock()
+	for {
+		if f := v.inflight; f != nil {
+			v.fmu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if !f.start.Before(arrive) {
+				return f.sn, f.err
+			}
+			v.fmu.Lock()
+			continue
+		}
+		if wait := time.Until(v.lastEnd.Add(min(v.lastTook, 50*time.Millisecond))); wait > 0 {
+			v.fmu.Unlock()
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			v.fmu.Lock()
+			continue
+		}
+		break
+	}
+	f := &flight{done: make(chan struct{}), start: time.Now()}
+	v.inflight = f
+	v.fmu.Unlock()
+	// The flight serves other readers too: the first one's cancellation must not end it.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	f.sn, f.err = v.takeSnapshot(sctx)
+	cancel()
+	v.fmu.Lock()
+	v.inflight = nil
+	v.lastEnd = time.Now()
+	v.lastTook = v.lastEnd.Sub(f.start)
+	close(f.done)
+	v.fmu.Unlock()
+	return f.sn, f.err
+}
+
+// takeSnapshot reads the store and the kernel's unstored records, and extends (or restarts)
+// the index to the snapshot's store.
+func (v *View) takeSnapshot(ctx context.Context) (*snap, error) {
 	sn, err := handover.ReadSnapshot(ctx, handover.SnapshotOptions{Paths: v.o.Paths, StoreDir: v.o.StoreDir, Busy: v.o.Busy})
 	if err != nil {
 		return nil, err
