@@ -556,9 +556,16 @@ func handoffRoot(t testing.TB, store string) string {
 }
 
 // TestHostileStoreHook: every case through the initramfs hook (initramfs.RunHook with the
-// command's rejoin adapter): the carried store is the forged one.
+// command's rejoin adapter) after a kexec on every profile: the carried store is the
+// forged one.
 func TestHostileStoreHook(t *testing.T) {
-	e, w := kexecScene(t, kmodel.Profile72)
+	for _, p := range []kmodel.Profile{kmodel.ProfileDebian61, kmodel.Profile61IMAKexec, kmodel.Profile616, kmodel.Profile72} {
+		t.Run(string(p), func(t *testing.T) { hostileHook(t, p) })
+	}
+}
+
+func hostileHook(t *testing.T, p kmodel.Profile) {
+	e, w := kexecScene(t, p)
 	pristine := t.TempDir()
 	copyTree(t, e.store, pristine)
 	hook := func(t *testing.T) (*initramfs.HookResult, *testHookRejoiner, string) {
@@ -593,5 +600,5 @@ func TestHostileStoreHook(t *testing.T) {
 		t.Logf("exact no-op: %s", res.Line)
 		stats["no-op"]++
 	})
-	t.Logf("hook: %v", stats)
+	t.Logf("hook %s: %v", p, stats)
 }

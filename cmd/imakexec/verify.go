@@ -33,7 +33,7 @@ func (c *verifyCmd) SetFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.store, "store", handover.DefaultStoreDir, "handoff store directory")
 	fs.StringVar(&c.proc, "proc", handover.DefaultPaths().Proc, "procfs mount point")
 	fs.StringVar(&c.handoff, "handoff", "", "old kernel's handoff directory, for a boot rejoin has not joined yet")
-	fs.StringArrayVar(&c.pcrs, "pcrs", nil, "expected PCR values instead of the TPM's: [BANK,]FILE in evmctl's \"PCR-NN: hex\" format (repeatable; the bank is told by the digest size when not given)")
+	fs.StringArrayVar(&c.pcrs, "pcrs", nil, "expected PCR values instead of the TPM's: [BANK,]FILE in evmctl's \"PCR-NN: hex\" format (repeatable; the bank is told by the digest size when not given). The banks compared are the banks given; they must hold every PCR the records extend")
 	fs.BoolVar(&c.json, "json", false, "print one JSON object")
 }
 
