@@ -43,8 +43,7 @@ func (SysKexec) FileLoad(kernelFd, initrdFd int, cmdline string) error {
 		flags |= unix.KEXEC_FILE_NO_INITRAMFS
 		initrdFd = -1
 	}
-	err := unix.KexecFileLoad(kernelFd, initrdFd, cmdline, flags)
-	return classifyLoadError(err)
+	return classifyLoadError(kexecFileLoad(kernelFd, initrdFd, cmdline, flags))
 }
 
 func classifyLoadError(err error) error {
