@@ -26,7 +26,7 @@ import (
 // buildBinary builds imakexec once per test binary.
 var builtBinary string
 
-func imakexecBinary(t *testing.T) string {
+func imakexecBinary(t testing.TB) string {
 	t.Helper()
 	if builtBinary != "" {
 		return builtBinary
