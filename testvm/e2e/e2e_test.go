@@ -109,7 +109,10 @@ func hostJoin(t *testing.T, run *e2e.Run) *e2e.Join {
 	if err := e2e.WriteBinary(tmp, j.Records); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(tmp)
+	b, err := os.ReadFile(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
 	list.Write(b)
 	last := run.Last()
 	if _, err := exec.LookPath("evmctl"); err != nil {
@@ -262,13 +265,17 @@ func TestVMDebianThreeGenerations(t *testing.T) {
 			t.Errorf("kexec %d: window %q", k+1, w)
 		}
 	}
-	if res, _ := e2e.Replay(j.Records); res.Violations != 6 {
+	if res, err := e2e.Replay(j.Records); err != nil {
+		t.Errorf("replay the joined log: %v", err)
+	} else if res.Violations != 6 {
 		t.Errorf("joined log has %d violations, want 6 (2 per boot)", res.Violations)
 	}
 	// Without the store the last list alone does not replay: the join is needed.
-	live, _ := e2e.ReadList(run.Last().Blobs["final/binary_runtime_measurements"])
-	pcrs, _ := e2e.ReadPCRs(run.Last().Blobs["final/pcrs-sha1.txt"], run.Last().Blobs["final/pcrs-sha256.txt"])
-	if ok, _ := e2e.Matches(live, pcrs); ok {
+	live := mustList(t, run.Last(), "final/binary_runtime_measurements")
+	if len(live) == 0 {
+		t.Fatal("the last boot's list is empty")
+	}
+	if mustMatch(t, live, finalPCRs(t, run.Last())) {
 		t.Error("the last boot's list alone replays to PCR 10; the Debian kernel should not carry it")
 	}
 	checkLeadCommands(t, run, j)
@@ -516,14 +523,19 @@ func TestVMIMAKexecKernel(t *testing.T) {
 		t.Errorf("records the kernel carried past the store: %q", w)
 	}
 	// Store + live list counts the carried records twice and does not replay.
-	segs, _, _ := e2e.ReadStore(run.Last().StoreFiles("store/"))
+	segs, _, err := e2e.ReadStore(run.Last().StoreFiles("store/"))
+	if err != nil {
+		t.Fatalf("final store: %v", err)
+	}
 	var doubled []serialize.Record
 	for _, s := range segs {
 		doubled = append(doubled, s.Recs...)
 	}
+	if len(doubled) == 0 {
+		t.Fatal("the final store holds no record")
+	}
 	doubled = append(doubled, j.Records...)
-	pcrs, _ := e2e.ReadPCRs(run.Last().Blobs["final/pcrs-sha1.txt"], run.Last().Blobs["final/pcrs-sha256.txt"])
-	if ok, _ := e2e.Matches(doubled, pcrs); ok {
+	if mustMatch(t, doubled, finalPCRs(t, run.Last())) {
 		t.Error("store + live list replays too; the carried records should make it double")
 	}
 	checkLeadCommands(t, run, j)
@@ -590,12 +602,59 @@ func TestVMColdBoot(t *testing.T) {
 		t.Errorf("the first boot's chain is not archived unchanged after the cold boot; store: %q", keys(after))
 	}
 	hdr := func(m []byte) string { l, _, _ := bytes.Cut(m, []byte("\n")); return string(l) }
+	if len(after["manifest.jsonl"]) == 0 || len(old["manifest.jsonl"]) == 0 {
+		t.Fatalf("a manifest is missing: first boot %d bytes, second boot %d bytes", len(old["manifest.jsonl"]), len(after["manifest.jsonl"]))
+	}
 	if hdr(after["manifest.jsonl"]) == hdr(old["manifest.jsonl"]) {
 		t.Errorf("the chain was not restarted: same header %s", hdr(old["manifest.jsonl"]))
 	}
 	t.Logf("old header %s", hdr(old["manifest.jsonl"]))
 	t.Logf("new header %s", hdr(after["manifest.jsonl"]))
 	hostJoin(t, run2)
+}
+
+// mustBlob returns a blob of a generation, failing the test when the guest did not send it
+// (a negative assertion on a missing blob must not pass).
+func mustBlob(t *testing.T, g *e2e.Gen, name string) []byte {
+	t.Helper()
+	b, ok := g.Blob(name)
+	if !ok {
+		t.Fatalf("gen %d sent no %s", g.N, name)
+	}
+	return b
+}
+
+func mustList(t *testing.T, g *e2e.Gen, name string) []serialize.Record {
+	t.Helper()
+	recs, err := e2e.ReadList(mustBlob(t, g, name))
+	if err != nil {
+		t.Fatalf("gen %d %s: %v", g.N, name, err)
+	}
+	return recs
+}
+
+// finalPCRs are the PCRs the last snapshot of g read, both banks present.
+func finalPCRs(t *testing.T, g *e2e.Gen) serialize.PCRValues {
+	t.Helper()
+	pcrs, err := e2e.ReadPCRs(mustBlob(t, g, "final/pcrs-sha1.txt"), mustBlob(t, g, "final/pcrs-sha256.txt"))
+	if err != nil {
+		t.Fatalf("gen %d final PCRs: %v", g.N, err)
+	}
+	if len(pcrs[10]["sha1"]) == 0 || len(pcrs[10]["sha256"]) == 0 {
+		t.Fatalf("gen %d final PCRs lack PCR 10 in sha1 or sha256", g.N)
+	}
+	return pcrs
+}
+
+// mustMatch reports whether recs replay to pcrs; a replay that cannot run fails the test
+// rather than count as "does not match".
+func mustMatch(t *testing.T, recs []serialize.Record, pcrs serialize.PCRValues) bool {
+	t.Helper()
+	ok, err := e2e.Matches(recs, pcrs)
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	return ok
 }
 
 func keys(m map[string][]byte) []string {
