@@ -193,14 +193,6 @@ func TestReadOnlyStore(t *testing.T) {
 	e.verify()
 }
 
-func mustStore(t *testing.T, dir string) *Store {
-	s, err := OpenStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // TestTPM checks the TPM helpers against the simulator: banks, clock, and PCR reads past
 // the eight-digest limit, compared with a software extend.
 func TestTPM(t *testing.T) {
