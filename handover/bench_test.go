@@ -1,13 +1,9 @@
 package handover
 
 import (
-	"bytes"
-	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,72 +77,4 @@ func mustStoreB(b *testing.B, dir string) *Store {
 		b.Fatal(err)
 	}
 	return s
-}
-
-// BenchmarkDrainCLI measures the drain's own memory: `imakexec drain` as a subprocess
-// (the kernel model and FUSE server stay in the test process), its peak RSS (VmHWM,
-// sampled every 50 ms) per list size.
-func BenchmarkDrainCLI(b *testing.B) {
-	bin := b.TempDir() + "/imakexec"
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/imakexec").CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	for _, n := range []int{100_000, 1_000_000} {
-		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			e := newKenv(b, kmodel.Config{Profile: kmodel.Profile72, NoFirmware: true})
-			sock := e.sock
-			var rss int64
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				if _, err := e.k.Synthetic(n); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				cmd := exec.Command(bin, "--securityfs", e.paths.Securityfs, "--tpm", "unix:"+sock, "drain", "--proc", e.paths.Proc, "--store", e.store, "--backend", string(BackendStaged))
-				cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
-				var ob bytes.Buffer
-				cmd.Stdout, cmd.Stderr = &ob, &ob
-				if err := cmd.Start(); err != nil {
-					b.Fatal(err)
-				}
-				var last string
-				var hwm int64
-				done := make(chan struct{})
-				go func() {
-					defer close(done)
-					for cmd.ProcessState == nil {
-						st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-						if err != nil {
-							return
-						}
-						for _, l := range strings.Split(string(st), "\n") {
-							if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-								kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-								hwm = max(hwm, kb)
-								last += l + " "
-							}
-						}
-						last += "\n"
-						time.Sleep(50 * time.Millisecond)
-					}
-				}()
-				err := cmd.Wait()
-				<-done
-				out := ob.Bytes()
-				if os.Getenv("IMAKEXEC_BENCH_GCTRACE") != "" {
-					b.Logf("%s", last)
-				}
-				if err != nil {
-					b.Fatalf("drain: %v %s", err, out)
-				}
-				if os.Getenv("IMAKEXEC_BENCH_GCTRACE") != "" {
-					b.Logf("%s", out)
-				}
-				// ru_maxrss of a child counts the parent's image it was cloned from before
-				// exec; VmHWM sampled from /proc is the drain's own peak.
-				rss = hwm
-			}
-			b.ReportMetric(float64(rss)/1024, "peak-rss-MiB")
-		})
-	}
 }

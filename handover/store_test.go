@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/imakexec/imakexec/internal/kmodel"
 	"github.com/imakexec/imakexec/internal/testenv"
@@ -194,108 +191,6 @@ func TestReadOnlyStore(t *testing.T) {
 		t.Fatalf("kernel held %d records before, %d after", before, after)
 	}
 	e.verify()
-}
-
-// TestKill9 runs `imakexec drain` as a subprocess and kills it with SIGKILL at random
-// moments; the next drain must leave no record lost and none duplicated.
-func TestKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "imakexec")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/imakexec").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	for _, c := range []struct {
-		name    string
-		cfg     kmodel.Config
-		backend Backend
-	}{
-		{"staged", kmodel.Config{Profile: kmodel.Profile72}, BackendStaged},
-		{"delete-n", kmodel.Config{Profile: kmodel.Profile72}, BackendDeleteN},
-		{"trim-log", kmodel.Config{Profile: kmodel.Profile72Trim}, BackendTrimLog},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			e := newKenv(t, c.cfg)
-			sock := e.sock
-			seed := uint64(time.Now().UnixNano())
-			t.Logf("seed %d", seed)
-			rng := rand.New(rand.NewPCG(seed, 7))
-			killed := 0
-			for i := 0; i < 8; i++ {
-				e.work(1000 + rng.IntN(2000))
-				cmd := exec.Command(bin, "--securityfs", e.paths.Securityfs, "--tpm", "unix:"+sock, "drain", "--proc", e.paths.Proc, "--store", e.store, "--backend", string(c.backend))
-				var out bytes.Buffer
-				cmd.Stdout, cmd.Stderr = &out, &out
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				delay := time.Duration(2000+rng.IntN(25000)) * time.Microsecond
-				time.Sleep(delay)
-				cmd.Process.Kill()
-				err := cmd.Wait()
-				if err != nil {
-					killed++
-				}
-				t.Logf("round %d: kill after %v: %v %s", i, delay, err, strings.TrimSpace(out.String()))
-				if _, err := e.drain(c.backend, nil); err != nil {
-					t.Fatalf("drain after kill -9 (seed %d, round %d): %v", seed, i, err)
-				}
-				e.verify()
-			}
-			t.Logf("%d of 8 drains killed", killed)
-		})
-	}
-}
-
-func TestCLIStatusDrain(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "imakexec")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/imakexec").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	e := newKenv(t, kmodel.Config{Profile: kmodel.Profile72})
-	sock := e.sock
-	e.work(40)
-	run := func(args ...string) (string, int) {
-		full := append([]string{"--securityfs", e.paths.Securityfs, "--tpm", "unix:" + sock}, args...)
-		full = append(full, "--proc", e.paths.Proc, "--store", e.store)
-		out, err := exec.Command(bin, full...).CombinedOutput()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		}
-		return string(out), code
-	}
-	out, code := run("drain", "--json")
-	if code != 0 || !strings.Contains(out, `"backend": "staged"`) {
-		t.Fatalf("drain: %d %s", code, out)
-	}
-	out, code = run("status")
-	if code != 0 || !strings.Contains(out, "staged") || !strings.Contains(out, "resetCount") {
-		t.Fatalf("status: %d %s", code, out)
-	}
-	t.Logf("status:\n%s", out)
-	out, code = run("status", "--json")
-	if code != 0 || !strings.Contains(out, `"chain_records": `+strconv.Itoa(int(mustStore(t, e.store).Records()))) {
-		t.Fatalf("status --json: %d %s", code, out)
-	}
-	// a tampered store exits 1
-	os.WriteFile(filepath.Join(e.store, manifestName), []byte(`{"type":"header","index":0}`+"\n"+`{"type":"x","index":5}`+"\n"), 0o600)
-	if out, code = run("drain"); code != 1 {
-		t.Fatalf("drain on tampered store: %d %s", code, out)
-	}
-}
-
-func mustStore(t *testing.T, dir string) *Store {
-	s, err := OpenStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // TestTPM checks the TPM helpers against the simulator: banks, clock, and PCR reads past

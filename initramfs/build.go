@@ -32,7 +32,7 @@ type BuildOptions struct {
 const maxBuildFile = 2 << 30
 
 // BuildInitramfs writes a newc initramfs (uncompressed; purgatory hashes it, and
-// compression costs boot time under TCG, spec vm-testing §11) to w.
+// compression costs boot time under QEMU TCG) to w.
 func BuildInitramfs(w io.Writer, o BuildOptions) error {
 	if o.Self == "" {
 		o.Self = "/proc/self/exe"

@@ -27,7 +27,8 @@ type Kexec interface {
 // Errors of the kexec step. They wrap the errno where there is one.
 var (
 	// ErrLegacyOnly: kexec_file_load is not implemented (ENOSYS). The legacy kexec_load
-	// never carries the IMA list and is not used (spec §10.1).
+	// never carries the IMA list (ima_add_kexec_buffer runs only from
+	// kimage_file_prepare_segments; docs/kernel.md, "kexec: what the next kernel gets").
 	ErrLegacyOnly = errors.New("kexec_file_load is not available on this kernel (only the legacy kexec_load, which never carries the IMA measurement list, so imakexec does not use it)")
 	// ErrKexecDisabled: /proc/sys/kernel/kexec_load_disabled is 1 (or lockdown refuses).
 	ErrKexecDisabled = errors.New("kexec is disabled")
@@ -43,8 +44,7 @@ func (SysKexec) FileLoad(kernelFd, initrdFd int, cmdline string) error {
 		flags |= unix.KEXEC_FILE_NO_INITRAMFS
 		initrdFd = -1
 	}
-	err := unix.KexecFileLoad(kernelFd, initrdFd, cmdline, flags)
-	return classifyLoadError(err)
+	return classifyLoadError(kexecFileLoad(kernelFd, initrdFd, cmdline, flags))
 }
 
 func classifyLoadError(err error) error {

@@ -15,8 +15,8 @@ import (
 // This file is our own bounded reader of initramfs images: concatenated newc cpio archives,
 // NUL padding between them, and compressed segments, walked the way the kernel's
 // unpack_to_rootfs (init/initramfs.c) walks them. u-root's pkg/cpio reader allocates the
-// header's name length before any check (spec libraries.md §2), so it never sees untrusted
-// bytes; it is used only to write.
+// header's name length before any check (a 110-byte header can make it allocate 2 GiB),
+// so it never sees untrusted bytes; it is used only to write.
 //
 // Kernel rules mirrored here:
 //   - a top-level archive starts with '0' at a 4-aligned absolute offset; NUL bytes between

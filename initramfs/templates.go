@@ -14,7 +14,7 @@ var supportedIMAHash = map[string]func() hash.Hash{
 	"sha1": sha1.New, "sha256": sha256.New, "sha384": sha512.New384, "sha512": sha512.New,
 }
 
-// template fields whose value for the window records can be computed (spec §5).
+// template fields whose value for the window records can be computed (docs/kernel.md, "Templates"; ima_template_lib.c).
 var predictableFields = map[string]bool{
 	"d": true, "n": true, "d-ng": true, "n-ng": true, "d-ngv2": true, "sig": true, "buf": true,
 	"iuid": true, "igid": true, "imode": true, "evmsig": true, "d-modsig": true, "modsig": true,
@@ -58,7 +58,8 @@ func templatesUse(templates []string, field string) bool {
 }
 
 // windowAlgos returns the algorithms the kernel image and the initrd are hashed in: the
-// ima_hash algorithm (the digest of d-ng and of the window records, spec §5), plus sha1
+// ima_hash algorithm (the digest of d-ng and of the window records, docs/kernel.md "Which algorithm a
+// digest field names"), plus sha1
 // when a template in use has the d field (the "ima" template; the kernel hashes again with
 // SHA1 for it), and sha256 when ima_hash is not one imakexec computes (the run is refused
 // unless forced; the digest is then informative only). A digest in any other algorithm is

@@ -13,7 +13,8 @@ type WindowRecord struct {
 }
 
 // predictWindow lists the records kexec_file_load may add under a policy with KEXEC_*
-// rules (spec §11; design.md), for the plan and for rejoin's reconstruction.
+// rules (docs/kernel.md, "The kexec window"), for the plan and for rejoin's
+// reconstruction.
 func predictWindow(h *Handoff, param string) []WindowRecord {
 	algo := h.OldKernel.IMAHash
 	out := []WindowRecord{{

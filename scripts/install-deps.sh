@@ -5,9 +5,10 @@
 #   qemu-system-x86 swtpm swtpm-tools   VM tests and the demo (QEMU TCG + TPM emulator)
 #   ima-evm-utils                       evmctl, the independent cross-check in the tests
 #   cpio fuse3                          initramfs inspection; the FUSE kernel model
-#   gcc libssl-dev                      cgo TPM simulator (go-tpm-tools)
+#   gcc libssl-dev                      cgo TPM simulator (go-tpm-tools), go test -race
+#   qemu-user                           arm64 unit tests (scripts/cross-arch.sh test)
 set -euo pipefail
-pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev)
+pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev qemu-user)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

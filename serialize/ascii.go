@@ -12,7 +12,7 @@ import (
 )
 
 // ASCIIWriter writes the ASCII measurement list byte for byte as the kernel's
-// ima_ascii_measurements_show does (spec §4): "%2d " PCR, the bank's template digest in hex,
+// ima_ascii_measurements_show does (docs/kernel.md, "The ASCII list"): "%2d " PCR, the bank's template digest in hex,
 // the template name, then for every field a space and its rendering, then "\n".
 type ASCIIWriter struct {
 	w     *bufio.Writer
@@ -116,7 +116,7 @@ func appendFieldASCII(b []byte, f Field, order ByteOrder) []byte {
 }
 
 // ASCIIReader parses the ASCII list. It is best effort, as the format allows no better
-// (spec §4): the kernel prints names raw, so a name holding a newline or, in templates with
+// (docs/kernel.md, "The ASCII list"): the kernel prints names raw, so a name holding a newline or, in templates with
 // several string fields, a space cannot be told apart from the separators. Use the binary
 // list for anything that is verified. Each line is turned back into template data; for the
 // integer fields the kernel's widths are assumed (iuid, igid: 4 bytes; imode: 2 bytes).

@@ -27,7 +27,7 @@ const (
 //
 // The kernel maps a TPM algorithm to a kernel hash only for SHA1, SHA256, SHA384, SHA512 and
 // SM3 (tpm2_hash_map). For every other bank it extends the SHA1 template digest padded with
-// zeros to the bank size (spec §6.2), and since 7.1 names its list files `tpm_alg_<hex>`.
+// zeros to the bank size (ima_calc_field_array_hash; docs/kernel.md, "Template digest"), and since 7.1 names its list files `tpm_alg_<hex>`.
 type Bank struct {
 	Name   string // file-name form: "sha1", "sha256", ..., "sm3", "tpm_alg_27"
 	TPMAlg uint16

@@ -12,7 +12,7 @@ import (
 // internal/saferio does).
 const chunk = 64 << 10
 
-// BinaryReader reads the binary measurement list (spec §3): records back to back, no
+// BinaryReader reads the binary measurement list (ima_measurements_show; docs/kernel.md, "The binary list"): records back to back, no
 // header. The digest size depends on the file: 20 for the legacy and `_sha1` lists, the
 // bank size for `_<algo>` lists.
 type BinaryReader struct {
@@ -126,7 +126,7 @@ func (br *BinaryReader) readRecord(rec *Record) error {
 		rec.Template = string(br.name)
 	}
 	if rec.Template == TemplateIMA {
-		// d (20 bytes) ‖ u32 name length ‖ name, with no data-length field (spec §3.2).
+		// d (20 bytes) ‖ u32 name length ‖ name, with no data-length field (docs/kernel.md, "The binary list").
 		br.data = append(br.data[:0], make([]byte, SHA1Size+4)...)
 		if err := br.full(br.data, "ima template data"); err != nil {
 			return err

@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// BootAggregateName is the event name of the record IMA adds when it starts (spec §8).
+// BootAggregateName is the event name of the record IMA adds when it starts (ima_add_boot_aggregate).
 const BootAggregateName = "boot_aggregate"
 
 // IsBootAggregate reports whether rec is a boot_aggregate record.
@@ -14,7 +14,7 @@ func IsBootAggregate(rec *Record, order ByteOrder) bool {
 }
 
 // BootAggregate computes the boot_aggregate value for a bank from its PCR values
-// (ima_calc_boot_aggregate, spec §8): the bank's hash over PCR 0-7, plus PCR 8-9 for banks
+// (ima_calc_boot_aggregate; docs/kernel.md, "boot_aggregate"): the bank's hash over PCR 0-7, plus PCR 8-9 for banks
 // other than SHA1 (5.8+; scheme pad gives the ≤5.7 value, SHA1 over PCR 0-7). Missing PCRs
 // count as zero.
 func BootAggregate(bank Bank, pcrs PCRValues, scheme Scheme) ([]byte, error) {

@@ -6,7 +6,8 @@ import (
 	"io"
 )
 
-// Kexec handover buffer (spec §10.4): a 24-byte header, then records exactly as in the
+// Kexec handover buffer (struct ima_kexec_hdr, ima_dump_measurement_list; docs/kernel.md,
+// "kexec: what the next kernel gets"): a 24-byte header, then records exactly as in the
 // SHA1 binary list.
 const (
 	KexecHeaderSize = 24

@@ -9,7 +9,7 @@ import (
 // Measured describes a measurement a kernel would make, so its record can be rebuilt
 // without the kernel: a file (KEXEC_KERNEL_CHECK, KEXEC_INITRAMFS_CHECK, FILE_CHECK) or a
 // buffer (kexec-cmdline). Rebuilt records are only candidates: a join that uses one must
-// still replay to the TPM (design.md, "Every join is proven").
+// still replay to the TPM (docs/trust-model.md, "The rule").
 type Measured struct {
 	PCR uint32
 	// Algo is the kernel hash name of the ima_hash algorithm ("sha256").

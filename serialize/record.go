@@ -3,7 +3,7 @@
 // (ascii_runtime_measurements*) and the kexec handover buffer. It is pure: readers and
 // writers in, no file or syscall access, and the same bytes give the same result on every
 // machine. The kernel behaviour each function mirrors is cited from
-// shared/spec/ima-kernel.md ("spec §N").
+// docs/kernel.md or named by the kernel function it mirrors.
 package serialize
 
 import (
@@ -12,7 +12,7 @@ import (
 	"fmt"
 )
 
-// Kernel limits (spec §1.2).
+// Kernel limits (docs/kernel.md, "Limits").
 const (
 	// MaxPCR is one past the highest PCR index a record may name (TPM 2.0 PC client: 24).
 	MaxPCR = 24
@@ -20,7 +20,7 @@ const (
 	// field IDs of at most 16 characters with separators fit in 255 bytes.
 	MaxTemplateNameLen = 255
 	// MaxKexecTemplateNameLen is the longest template name a kernel restores from a kexec
-	// buffer (spec §10.6); longer names stop the restore.
+	// buffer (ima_restore_measurement_list); longer names stop the restore.
 	MaxKexecTemplateNameLen = 68
 	// MaxTemplateDataLen bounds one record's template data. The kernel has no fixed limit;
 	// 64 MiB is far beyond any real record (certificates and kexec command lines are KiB).
@@ -32,7 +32,7 @@ const (
 )
 
 // TemplateIMA is the name of the original template, which has its own binary form and
-// template-digest input (spec §3.2, §6.1).
+// template-digest input (docs/kernel.md, "The binary list", "Template digest").
 const TemplateIMA = "ima"
 
 // Record is one measurement record.
@@ -52,7 +52,7 @@ type Record struct {
 }
 
 // IsViolation reports whether the record is a violation: its stored template digest is
-// all zero (spec §7).
+// all zero (docs/kernel.md, "Extending the TPM").
 func (r *Record) IsViolation() bool {
 	if len(r.Digest) == 0 {
 		return false
@@ -73,7 +73,7 @@ func (r *Record) Clone() Record {
 	return c
 }
 
-// hashInput returns the bytes the kernel hashes for the template digest (spec §6.1), using
+// hashInput returns the bytes the kernel hashes for the template digest (ima_calc_field_array_hash), using
 // scratch for the `ima` template's padded form.
 func (r *Record) hashInput(scratch *[SHA1Size + MaxEventNameLen + 1]byte, order ByteOrder) ([]byte, error) {
 	if r.Template != TemplateIMA {
@@ -117,7 +117,7 @@ type Digester struct {
 func NewDigester() *Digester { return &Digester{Order: binary.LittleEndian, Scheme: SchemeHash} }
 
 // TemplateDigest writes into dst (len >= bank.Size) the digest the kernel shows for rec in
-// the bank's list file (spec §3.1): all zero for a violation, the bank's own hash of the
+// the bank's list file (docs/kernel.md, "The binary list"): all zero for a violation, the bank's own hash of the
 // template data when the kernel has one, else SHA1 padded with zeros.
 // A record without Digest is never a violation.
 func (d *Digester) TemplateDigest(dst []byte, rec *Record, bank *Bank) error {
@@ -145,7 +145,7 @@ func (d *Digester) TemplateDigest(dst []byte, rec *Record, bank *Bank) error {
 
 // ExtendValue writes into dst the value the kernel extends into the bank's PCR for rec:
 // the template digest, or for a violation 0xFF over the bank size (5.8+ and a known hash)
-// or 0xFF x20 followed by zeros (spec §7, §14).
+// or 0xFF x20 followed by zeros (ima_init_digests; docs/kernel.md, "Extending the TPM").
 func (d *Digester) ExtendValue(dst []byte, rec *Record, bank *Bank) error {
 	dst = dst[:bank.Size]
 	if rec.IsViolation() {
@@ -175,7 +175,7 @@ func (d *Digester) SHA1Digest(rec *Record) ([SHA1Size]byte, error) {
 
 // ByteOrder is the order of the u32 and u64 fields: binary.LittleEndian for x86, arm64 LE,
 // ppc64le and for canonical (`ima_canonical_fmt`) lists of big-endian kernels;
-// binary.BigEndian for big-endian kernels without it (spec §3).
+// binary.BigEndian for big-endian kernels without it (ima_canonical_fmt; docs/kernel.md, "The binary list").
 type ByteOrder interface {
 	binary.ByteOrder
 	binary.AppendByteOrder

@@ -42,7 +42,7 @@ type Source interface {
 }
 
 // Replayer extends records into software PCRs exactly as the kernel extends them into the
-// TPM (spec §14): each record into its own PCR, in every bank, violations as 0xFF.
+// TPM (ima_add_template_entry; docs/kernel.md, "Extending the TPM"): each record into its own PCR, in every bank, violations as 0xFF.
 // It is incremental: Add records one by one, from zero or from a given state.
 type Replayer struct {
 	banks  []Bank
@@ -374,7 +374,7 @@ func (r *Replayer) AddAll(src Source) error {
 
 // ReplayPrefix replays src until the first prefix whose PCR values equal expected (in every
 // replayed bank, for every PCR in expected), as a verifier must for a log that runs ahead of
-// a quote (spec §6.4, §14 step 3). Records after that prefix are left unread in src. When
+// a quote (docs/kernel.md, "Extending the TPM"). Records after that prefix are left unread in src. When
 // no prefix matches it returns the *ReplayError of the full log.
 func ReplayPrefix(src Source, o ReplayOptions, expected PCRValues) (*Verified, error) {
 	r, err := NewReplayer(o)

@@ -152,7 +152,7 @@ func TestPadSchemeAndUnknownBank(t *testing.T) {
 }
 
 func TestIMATemplateDigest(t *testing.T) {
-	// ima template: d ‖ name padded to 256, no lengths (spec §6.1).
+	// ima template: d ‖ name padded to 256, no lengths (ima_calc_field_array_hash; docs/kernel.md, "Template digest").
 	fd := bytes.Repeat([]byte{0xab}, 20)
 	data, err := serialize.BuildData("ima", []serialize.Field{{ID: "d", Data: fd}, {ID: "n", Data: []byte("/bin/sh")}}, le)
 	if err != nil {
@@ -236,7 +236,7 @@ func TestIncrementalEqualsFull(t *testing.T) {
 
 func TestReplayPrefix(t *testing.T) {
 	list := genList(t, 100, listgen.Options{Seed: 4})
-	// The quote was taken after 60 records; the log runs ahead (spec §6.4).
+	// The quote was taken after 60 records; the log runs ahead (docs/kernel.md, "Extending the TPM").
 	r, _ := serialize.NewReplayer(serialize.ReplayOptions{})
 	src := serialize.NewBinaryReader(bytes.NewReader(list), le, 20)
 	for i := 0; i < 60; i++ {
@@ -304,7 +304,7 @@ func TestTemplates(t *testing.T) {
 }
 
 func TestASCIIRendering(t *testing.T) {
-	// One record per rendering rule of ima_show_template_data_ascii (spec §4).
+	// One record per rendering rule of ima_show_template_data_ascii (docs/kernel.md, "The ASCII list").
 	d := bytes.Repeat([]byte{0x11}, 32)
 	for _, tc := range []struct {
 		tmpl   string

@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// Field IDs the kernel knows (spec §5.2; ima_template.c supported_fields).
+// Field IDs the kernel knows (ima_template.c supported_fields; docs/kernel.md, "Templates").
 const (
 	FieldD            = "d"
 	FieldN            = "n"
@@ -49,7 +49,7 @@ type Template struct {
 	Fields []string // field IDs in order
 }
 
-// Built-in templates (spec §5.1; ima_template.c builtin_templates).
+// Built-in templates (ima_template.c builtin_templates; docs/kernel.md, "Templates").
 var builtinTemplates = []Template{
 	{TemplateIMA, []string{FieldD, FieldN}},
 	{"ima-ng", []string{FieldDNG, FieldNNG}},
@@ -171,7 +171,7 @@ func BuildData(template string, fields []Field, order ByteOrder) ([]byte, error)
 	return b, nil
 }
 
-// DigestField builds a d-ng field value: "<algo>:\0<digest>" (spec §5.2).
+// DigestField builds a d-ng field value: "<algo>:\0<digest>" (ima_eventdigest_init_common).
 func DigestField(algo string, digest []byte) []byte {
 	b := make([]byte, 0, len(algo)+2+len(digest))
 	b = append(b, algo...)

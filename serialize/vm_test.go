@@ -122,7 +122,7 @@ func TestCapturedListsReplayToTPM(t *testing.T) {
 			carried := strings.HasPrefix(c.name, "kexec-ima-kexec/after")
 			switch {
 			case carried && res.Violations <= c.viol:
-				// The violations counter is not restored at kexec (spec §2); the carried
+				// The violations counter is not restored at kexec (ima_restore_measurement_list adds records, not violations); the carried
 				// list holds the old kernel's violations too.
 				t.Errorf("carried list has %d violations, counter %d: expected more in the list", res.Violations, c.viol)
 			case !carried && res.Violations != c.viol:

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imakexec/imakexec/internal/testenv"
 	"github.com/imakexec/imakexec/testvm/frame"
 )
 
@@ -17,13 +18,9 @@ import (
 // arrives (otherwise the console is logged only when a test fails).
 const EnvConsole = "IMAKEXEC_VM_CONSOLE"
 
-// InCI reports whether $CI is set (and not "false" or "0"). In CI a missing
-// VM prerequisite is a failure, never a skip: VM tests must not silently
-// stop running there.
-func InCI() bool {
-	v := os.Getenv("CI")
-	return v != "" && v != "false" && v != "0"
-}
+// InCI is testenv.InCI, the one rule for "are we in CI": there a missing VM
+// prerequisite is a failure, never a skip.
+func InCI() bool { return testenv.InCI() }
 
 // skipOrFail skips the test with reason, or fails it in CI.
 func skipOrFail(t testing.TB, reason string) {

@@ -10,7 +10,7 @@ import (
 	"github.com/imakexec/imakexec/handover"
 )
 
-// drainCmd moves the kernel's IMA records into the handoff store (README "The handoff
+// drainCmd moves the kernel's IMA records into the handoff store (docs/store-format.md "The handoff
 // store"): read, persist durably, then delete with the kernel's interface.
 type drainCmd struct {
 	store   string

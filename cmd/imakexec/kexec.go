@@ -15,7 +15,7 @@ import (
 )
 
 // kexecCmd drains, hands the store over in an appended initrd archive, loads with
-// kexec_file_load and jumps (design.md "kexec: where records get lost").
+// kexec_file_load and jumps (docs/kernel.md, "The kexec window").
 type kexecCmd struct {
 	kernel, initrd, append_ string
 	reuse                   bool

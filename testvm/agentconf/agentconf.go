@@ -45,6 +45,9 @@ type Config struct {
 	// kexec-window records) and calls reboot(KEXEC) itself.
 	LoadOnly bool   `json:"load_only"`
 	Tamper   string `json:"tamper,omitempty"`
+	// DryRun: run `imakexec kexec --dry-run --json` before the handover and send its plan
+	// (blob kexec-plan.json).
+	DryRun bool `json:"dry_run,omitempty"`
 	// DrainFinal: drain in the last generation too (before verify).
 	DrainFinal bool `json:"drain_final"`
 }

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imakexec/imakexec/initramfs"
 	"github.com/imakexec/imakexec/serialize"
 	"github.com/imakexec/imakexec/testvm"
 	"github.com/imakexec/imakexec/testvm/agentconf"
@@ -107,7 +109,10 @@ func hostJoin(t *testing.T, run *e2e.Run) *e2e.Join {
 	if err := e2e.WriteBinary(tmp, j.Records); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(tmp)
+	b, err := os.ReadFile(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
 	list.Write(b)
 	last := run.Last()
 	if _, err := exec.LookPath("evmctl"); err != nil {
@@ -260,13 +265,17 @@ func TestVMDebianThreeGenerations(t *testing.T) {
 			t.Errorf("kexec %d: window %q", k+1, w)
 		}
 	}
-	if res, _ := e2e.Replay(j.Records); res.Violations != 6 {
+	if res, err := e2e.Replay(j.Records); err != nil {
+		t.Errorf("replay the joined log: %v", err)
+	} else if res.Violations != 6 {
 		t.Errorf("joined log has %d violations, want 6 (2 per boot)", res.Violations)
 	}
 	// Without the store the last list alone does not replay: the join is needed.
-	live, _ := e2e.ReadList(run.Last().Blobs["final/binary_runtime_measurements"])
-	pcrs, _ := e2e.ReadPCRs(run.Last().Blobs["final/pcrs-sha1.txt"], run.Last().Blobs["final/pcrs-sha256.txt"])
-	if ok, _ := e2e.Matches(live, pcrs); ok {
+	live := mustList(t, run.Last(), "final/binary_runtime_measurements")
+	if len(live) == 0 {
+		t.Fatal("the last boot's list is empty")
+	}
+	if mustMatch(t, live, finalPCRs(t, run.Last())) {
 		t.Error("the last boot's list alone replays to PCR 10; the Debian kernel should not carry it")
 	}
 	checkLeadCommands(t, run, j)
@@ -377,7 +386,7 @@ func TestVMKexecWindow(t *testing.T) {
 				{Path: store + "/manifest.jsonl", Data: man},
 			}
 		}
-		w, err := e2e.WindowRecords(string(g2.Blobs["cmdline"]), reads)
+		w, err := e2e.WindowRecords(string(g2.Blobs["cmdline"]), sc.Template(), reads)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -446,6 +455,60 @@ func writeWindowCapture(t *testing.T, run *e2e.Run) {
 	t.Logf("wrote %s", dir)
 }
 
+// TestVMDebianIMANgv2: the Debian 6.1 kernel booted with ima_template=ima-ngv2 and no
+// ima_hash= (Debian's CONFIG_IMA_DEFAULT_HASH is sha256): `imakexec kexec --dry-run` must
+// name the real template and hash, read from the kernel's own log, and the hook of the
+// next kernel must prove the kexec window (rebuilt in ima-ngv2: the kernel carries
+// nothing).
+func TestVMDebianIMANgv2(t *testing.T) {
+	kernel := testvm.Require(t)
+	sc := scenario("debian-ima-ngv2", kernel, 1)
+	sc.Append = "ima_template=ima-ngv2"
+	sc.Config.DryRun = true
+	run := execute(t, sc)
+	b, ok := run.Gens[0].Blob("kexec-plan.json")
+	if !ok {
+		t.Fatal("the guest sent no kexec-plan.json")
+	}
+	var plan initramfs.KexecReport
+	if err := json.Unmarshal(b, &plan); err != nil {
+		t.Fatalf("kexec-plan.json: %v", err)
+	}
+	ok1 := plan.OldKernel
+	t.Logf("plan: ima_hash %s (%s: %s), templates %q, carries %q (%s), measures kexec %v, warnings %q",
+		ok1.IMAHash, ok1.IMAHashSource, ok1.IMAHashFrom, ok1.Templates, ok1.IMAKexec, ok1.IMAKexecFrom, ok1.MeasuresKexec, plan.Warnings)
+	if ok1.IMAHash != "sha256" || ok1.IMAHashSource != "log" || !slices.Contains(ok1.Templates, "ima-ngv2") {
+		t.Errorf("plan: ima_hash %s from %s, templates %q; want sha256 from the log and ima-ngv2", ok1.IMAHash, ok1.IMAHashSource, ok1.Templates)
+	}
+	for _, w := range plan.Warnings {
+		if strings.Contains(w, "unknown") {
+			t.Errorf("plan warns %q", w)
+		}
+	}
+	j := hostJoin(t, run)
+	checkLeadCommands(t, run, j)
+	// The hook proved the window with rebuilt ima-ngv2 records: a reconstructed segment.
+	segs, _, err := e2e.ReadStore(run.Last().StoreFiles("store/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rebuilt []serialize.Record
+	for _, s := range segs {
+		if s.Source == "reconstructed" {
+			rebuilt = append(rebuilt, s.Recs...)
+		}
+	}
+	if len(rebuilt) == 0 {
+		t.Fatal("no reconstructed kexec-window segment in the store")
+	}
+	for _, r := range rebuilt {
+		if n := e2e.Name(&r); r.Template != "ima-ngv2" && n != "kexec-cmdline" {
+			t.Errorf("rebuilt record %s has template %s, want ima-ngv2", n, r.Template)
+		}
+	}
+	t.Logf("window rebuilt and proven: %q", e2e.RecordNames(rebuilt))
+}
+
 // TestVMIMAKexecKernel: the 6.1 kernel with CONFIG_IMA_KEXEC=y copies its list at
 // kexec_file_load: the stored records must be recognised as the head of the carried ones
 // (not counted twice), the window records are carried by the kernel, and the live list
@@ -460,14 +523,19 @@ func TestVMIMAKexecKernel(t *testing.T) {
 		t.Errorf("records the kernel carried past the store: %q", w)
 	}
 	// Store + live list counts the carried records twice and does not replay.
-	segs, _, _ := e2e.ReadStore(run.Last().StoreFiles("store/"))
+	segs, _, err := e2e.ReadStore(run.Last().StoreFiles("store/"))
+	if err != nil {
+		t.Fatalf("final store: %v", err)
+	}
 	var doubled []serialize.Record
 	for _, s := range segs {
 		doubled = append(doubled, s.Recs...)
 	}
+	if len(doubled) == 0 {
+		t.Fatal("the final store holds no record")
+	}
 	doubled = append(doubled, j.Records...)
-	pcrs, _ := e2e.ReadPCRs(run.Last().Blobs["final/pcrs-sha1.txt"], run.Last().Blobs["final/pcrs-sha256.txt"])
-	if ok, _ := e2e.Matches(doubled, pcrs); ok {
+	if mustMatch(t, doubled, finalPCRs(t, run.Last())) {
 		t.Error("store + live list replays too; the carried records should make it double")
 	}
 	checkLeadCommands(t, run, j)
@@ -534,12 +602,59 @@ func TestVMColdBoot(t *testing.T) {
 		t.Errorf("the first boot's chain is not archived unchanged after the cold boot; store: %q", keys(after))
 	}
 	hdr := func(m []byte) string { l, _, _ := bytes.Cut(m, []byte("\n")); return string(l) }
+	if len(after["manifest.jsonl"]) == 0 || len(old["manifest.jsonl"]) == 0 {
+		t.Fatalf("a manifest is missing: first boot %d bytes, second boot %d bytes", len(old["manifest.jsonl"]), len(after["manifest.jsonl"]))
+	}
 	if hdr(after["manifest.jsonl"]) == hdr(old["manifest.jsonl"]) {
 		t.Errorf("the chain was not restarted: same header %s", hdr(old["manifest.jsonl"]))
 	}
 	t.Logf("old header %s", hdr(old["manifest.jsonl"]))
 	t.Logf("new header %s", hdr(after["manifest.jsonl"]))
 	hostJoin(t, run2)
+}
+
+// mustBlob returns a blob of a generation, failing the test when the guest did not send it
+// (a negative assertion on a missing blob must not pass).
+func mustBlob(t *testing.T, g *e2e.Gen, name string) []byte {
+	t.Helper()
+	b, ok := g.Blob(name)
+	if !ok {
+		t.Fatalf("gen %d sent no %s", g.N, name)
+	}
+	return b
+}
+
+func mustList(t *testing.T, g *e2e.Gen, name string) []serialize.Record {
+	t.Helper()
+	recs, err := e2e.ReadList(mustBlob(t, g, name))
+	if err != nil {
+		t.Fatalf("gen %d %s: %v", g.N, name, err)
+	}
+	return recs
+}
+
+// finalPCRs are the PCRs the last snapshot of g read, both banks present.
+func finalPCRs(t *testing.T, g *e2e.Gen) serialize.PCRValues {
+	t.Helper()
+	pcrs, err := e2e.ReadPCRs(mustBlob(t, g, "final/pcrs-sha1.txt"), mustBlob(t, g, "final/pcrs-sha256.txt"))
+	if err != nil {
+		t.Fatalf("gen %d final PCRs: %v", g.N, err)
+	}
+	if len(pcrs[10]["sha1"]) == 0 || len(pcrs[10]["sha256"]) == 0 {
+		t.Fatalf("gen %d final PCRs lack PCR 10 in sha1 or sha256", g.N)
+	}
+	return pcrs
+}
+
+// mustMatch reports whether recs replay to pcrs; a replay that cannot run fails the test
+// rather than count as "does not match".
+func mustMatch(t *testing.T, recs []serialize.Record, pcrs serialize.PCRValues) bool {
+	t.Helper()
+	ok, err := e2e.Matches(recs, pcrs)
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	return ok
 }
 
 func keys(m map[string][]byte) []string {

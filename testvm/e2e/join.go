@@ -6,7 +6,6 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -160,19 +159,20 @@ func Name(r *serialize.Record) string { return serialize.EventName(r, le) }
 
 // WindowRecords rebuilds the kexec-window records the old kernel measured after imakexec
 // kexec's last drain, from what the next kernel has: the carried store and /proc/cmdline.
-// postDrain are the store files (store path, bytes) that were read after the drain, in the
-// order the kernel measured them. Observed on Debian 6.1 (see README of
-// serialize/testdata/vm/kexec-window): the drain's read-back of the segment it wrote, the
-// post-drain read of the manifest, then KEXEC_INITRAMFS_CHECK "memfd:imakexec-initrd"
-// (ima-ng, digest from imakexec.initrd=), then "kexec-cmdline" (ima-buf, the next kernel's
-// /proc/cmdline without the newline). The kernel image adds none (it was measured when
-// opened before the drain).
-func WindowRecords(cmdline string, postDrain []StoreRead) ([]serialize.Record, error) {
+// template is the old kernel's template for file records (ima_template=, "ima-ng" on the
+// scenarios' command line by default). postDrain are the store files (store path, bytes)
+// that were read after the drain, in the order the kernel measured them. Observed on
+// Debian 6.1 (see README of serialize/testdata/vm/kexec-window): the drain's read-back of
+// the segment it wrote, the post-drain read of the manifest, then KEXEC_INITRAMFS_CHECK
+// "memfd:imakexec-initrd" (the file template, digest from imakexec.initrd=), then
+// "kexec-cmdline" (ima-buf, the next kernel's /proc/cmdline without the newline). The
+// kernel image adds none (it was measured when opened before the drain).
+func WindowRecords(cmdline, template string, postDrain []StoreRead) ([]serialize.Record, error) {
 	cmdline = strings.TrimRight(cmdline, "\n")
 	var out []serialize.Record
 	file := func(name string, data []byte) error {
 		s256, s1 := sha256.Sum256(data), sha1.Sum(data)
-		r, err := serialize.BuildRecord("ima-ng", serialize.Measured{PCR: 10, Algo: "sha256", Digest: s256[:], SHA1: s1[:], Name: name}, le)
+		r, err := serialize.BuildRecord(template, serialize.Measured{PCR: 10, Algo: "sha256", Digest: s256[:], SHA1: s1[:], Name: name}, le)
 		if err != nil {
 			return err
 		}
@@ -184,22 +184,12 @@ func WindowRecords(cmdline string, postDrain []StoreRead) ([]serialize.Record, e
 			return nil, err
 		}
 	}
-	param := ""
-	for _, w := range strings.Fields(cmdline) {
-		if v, ok := strings.CutPrefix(w, initramfs.CmdlineParam+"="); ok {
-			param = v
-		}
-	}
-	algo, hexd, ok := strings.Cut(strings.Split(param, ",")[0], ":")
-	if !ok || algo != "sha256" {
+	d := initramfs.InitrdDigests(cmdline)["sha256"]
+	if len(d) == 0 {
 		return nil, fmt.Errorf("no %s=sha256:... on the command line %q", initramfs.CmdlineParam, cmdline)
 	}
-	d, err := hex.DecodeString(hexd)
-	if err != nil {
-		return nil, err
-	}
-	// The d field of ima-ng uses the ima_hash digest; SHA1 is only needed by "ima".
-	r, err := serialize.BuildRecord("ima-ng", serialize.Measured{PCR: 10, Algo: "sha256", Digest: d, SHA1: make([]byte, 20), Name: "memfd:" + initramfs.MemfdName}, le)
+	// The d-ng field uses the ima_hash digest; SHA1 is only needed by "ima".
+	r, err := serialize.BuildRecord(template, serialize.Measured{PCR: 10, Algo: "sha256", Digest: d, SHA1: make([]byte, 20), Name: "memfd:" + initramfs.MemfdName}, le)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +288,7 @@ func HostJoinAt(r *Run, storeDir, snap string) (*Join, error) {
 			continue
 		}
 		cmdline := string(g.Blobs["cmdline"])
-		w, err := WindowRecords(cmdline, nil)
+		w, err := WindowRecords(cmdline, r.Scenario.Template(), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -309,7 +299,7 @@ func HostJoinAt(r *Run, storeDir, snap string) (*Join, error) {
 			for _, l := range manLines[:end] {
 				man = append(append(man, l...), '\n')
 			}
-			w, err := WindowRecords(cmdline, []StoreRead{
+			w, err := WindowRecords(cmdline, r.Scenario.Template(), []StoreRead{
 				{filepath.Join(storeDir, lastSeg.File), store[lastSeg.File]},
 				{filepath.Join(storeDir, "manifest.jsonl"), man},
 			})

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/imakexec/imakexec/initramfs"
+	"github.com/imakexec/imakexec/internal/kcmdline"
 	"github.com/imakexec/imakexec/testvm"
 	"github.com/imakexec/imakexec/testvm/agentconf"
 	"github.com/imakexec/imakexec/testvm/frame"
@@ -48,6 +49,26 @@ type Scenario struct {
 	// TPMStateDir: see testvm.Machine.TPMStateDir (cold boot of the same TPM).
 	TPMStateDir string
 	Timeout     time.Duration
+	// Append is the kernel command line; "" for KernelAppend.
+	Append string
+}
+
+// CmdlineAppend is the command line the scenario boots with.
+func (sc *Scenario) CmdlineAppend() string {
+	if sc.Append == "" {
+		return KernelAppend
+	}
+	return sc.Append
+}
+
+// Template is the template of the scenario's file records: ima_template= of its command
+// line (the one the kernel takes, kcmdline.Value), "ima-ng" (Debian's
+// CONFIG_IMA_DEFAULT_TEMPLATE) without one.
+func (sc *Scenario) Template() string {
+	if t := kcmdline.Value(sc.CmdlineAppend(), "ima_template"); t != "" {
+		return t
+	}
+	return "ima-ng"
 }
 
 // Binaries are the guest programs, built once per process.
@@ -254,7 +275,7 @@ func Execute(ctx context.Context, sc *Scenario, dir string, consoleLine func(str
 		run.ImageSize = st.Size()
 	}
 	m := testvm.Machine{
-		Kernel: sc.Kernel, Initramfs: run.Image, Append: KernelAppend, Dir: dir,
+		Kernel: sc.Kernel, Initramfs: run.Image, Append: sc.CmdlineAppend(), Dir: dir,
 		TPMStateDir: sc.TPMStateDir, Timeout: sc.Timeout, ConsoleLine: consoleLine,
 	}
 	res, runErr := m.Run(ctx)

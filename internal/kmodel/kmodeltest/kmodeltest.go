@@ -12,6 +12,7 @@ import (
 
 	"github.com/imakexec/imakexec/internal/kmodel"
 	"github.com/imakexec/imakexec/internal/kmodel/simfs"
+	"github.com/imakexec/imakexec/internal/testenv"
 	"github.com/imakexec/imakexec/internal/tpmserve"
 )
 
@@ -51,7 +52,7 @@ func RequireFUSE(t testing.TB) {
 
 func missing(t testing.TB, why string) {
 	t.Helper()
-	if os.Getenv("CI") != "" {
+	if testenv.InCI() {
 		t.Fatalf("%s (CI is set: this must not be skipped)", why)
 	}
 	t.Skip(why)

@@ -329,6 +329,14 @@ func (a *agent) kexec() {
 	a.snapshot("pre-kexec/")
 
 	kargs := []string{"-v", "kexec", "--kernel", kernelPath, "--initrd", "/tmp/next.cpio", "--reuse-cmdline", "--store", cfg.Store, "--json"}
+	if cfg.DryRun {
+		out, errb, code, d := a.imakexec(append(kargs, "--dry-run")...)
+		if code != 0 {
+			a.g.Fatalf("imakexec kexec --dry-run: exit %d: %s %s", code, oneLine(string(errb)), oneLine(string(out)))
+		}
+		a.blob("kexec-plan.json", out)
+		a.timeMark("kexec-dry-run", d)
+	}
 	if cfg.LoadOnly {
 		kargs = append(kargs, "--load-only")
 		out, errb, code, d := a.imakexec(kargs...)
