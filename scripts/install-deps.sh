@@ -6,8 +6,9 @@
 #   ima-evm-utils                       evmctl, the independent cross-check in the tests
 #   cpio fuse3                          initramfs inspection; the FUSE kernel model
 #   gcc libssl-dev                      cgo TPM simulator (go-tpm-tools)
+#   mmdebstrap e2fsprogs                the Debian root filesystem of the systemd-host scenario (testvm/host)
 set -euo pipefail
-pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev)
+pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev mmdebstrap e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
