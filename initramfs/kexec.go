@@ -66,12 +66,14 @@ func classifyLoadError(err error) error {
 	}
 }
 
-// Sync implements Kexec.
-func (SysKexec) Sync() { unix.Sync() }
+// Sync implements Kexec: sync, then remount local filesystems read-only or freeze them
+// (Quiesce), so that the direct jump leaves no journal to recover.
+func (SysKexec) Sync() { Quiesce() }
 
 // Reboot implements Kexec.
 func (SysKexec) Reboot() error {
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_KEXEC); err != nil {
+		Thaw()
 		return fmt.Errorf("reboot(LINUX_REBOOT_CMD_KEXEC): %w", err)
 	}
 	return nil

@@ -7,8 +7,9 @@
 #   cpio fuse3                          initramfs inspection; the FUSE kernel model
 #   gcc libssl-dev                      cgo TPM simulator (go-tpm-tools), go test -race
 #   qemu-user                           arm64 unit tests (scripts/cross-arch.sh test)
+#   mmdebstrap e2fsprogs                the Debian root filesystem of the systemd-host scenario (testvm/host)
 set -euo pipefail
-pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev qemu-user)
+pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev qemu-user mmdebstrap e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
