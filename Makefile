@@ -27,7 +27,7 @@ test-unit:
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./serialize/...
-	$(GO) test -run '^$$' -bench 'Drain|RejoinVerify|Verify' -benchtime 3x ./handover/
+	$(GO) test -run '^$$' -bench 'Drain|RejoinVerify|Verify' -benchtime 3x ./handover/...
 	$(GO) test -run '^$$' -bench 'View|ServeCLI' -benchtime 3x ./handover/view/
 	$(GO) run ./internal/cmd/benchcmp -imakexec $(BIN) -dir out/bench
 
