@@ -78,6 +78,7 @@ bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./serialize/...
 	$(GO) test -run '^$$' -bench 'Drain|RejoinVerify|Verify' -benchtime 3x ./handover/...
 	$(GO) test -run '^$$' -bench 'DrainCLI' -benchtime 1x ./cmd/imakexec
+	$(GO) test -run '^$$' -bench 'View|ServeCLI' -benchtime 3x ./handover/view/
 	$(GO) run ./internal/cmd/benchcmp -imakexec $(BIN) -dir out/bench
 
 # Each fuzzer for FUZZTIME (new inputs are minimized for at most a second).

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -59,15 +60,37 @@ func (sn *Snapshot) Records() uint64 { return sn.Store.Records() + uint64(len(sn
 //
 // Without a store the chain is the kernel's whole list.
 func ReadSnapshot(ctx context.Context, o SnapshotOptions) (*Snapshot, error) {
+	return NewSnapshotter(o).Read(ctx)
+}
+
+// Snapshotter takes snapshots again and again (ReadSnapshot), keeping what does not change
+// between them: the parsed manifest while its stamp is the same, the kernel's probed files
+// while the boot id is. It is safe for concurrent use.
+type Snapshotter struct {
+	o      SnapshotOptions
+	mu     sync.Mutex
+	stamp  manifestStamp
+	store  *Store
+	bootID string
+	k      *Kernel
+}
+
+// NewSnapshotter returns a Snapshotter.
+func NewSnapshotter(o SnapshotOptions) *Snapshotter {
 	if o.StoreDir == "" {
 		o.StoreDir = DefaultStoreDir
 	}
 	if o.Busy <= 0 {
 		o.Busy = 2 * time.Second
 	}
+	return &Snapshotter{o: o}
+}
+
+// Read takes a snapshot (see ReadSnapshot).
+func (sr *Snapshotter) Read(ctx context.Context) (*Snapshot, error) {
 	delay := time.Millisecond
 	for try := 0; ; try++ {
-		sn, again, err := readSnapshot(ctx, o)
+		sn, again, err := sr.read(ctx)
 		if err != nil || !again {
 			return sn, err
 		}
@@ -107,7 +130,30 @@ func stampManifest(dir string) (manifestStamp, error) {
 	return st, nil
 }
 
-func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again bool, err error) {
+// cached returns the parsed store for this manifest stamp and the kernel for this boot.
+func (sr *Snapshotter) cached(st manifestStamp, bootID string) (*Store, *Kernel, error) {
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
+	if sr.store == nil || sr.stamp != st {
+		s, err := OpenStore(sr.o.StoreDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		sr.store, sr.stamp = s, st
+	}
+	if sr.k == nil || sr.bootID != bootID {
+		k, err := ProbeKernel(sr.o.Paths)
+		if err != nil {
+			return nil, nil, err
+		}
+		k.Busy = sr.o.Busy
+		sr.k, sr.bootID = k, bootID
+	}
+	return sr.store, sr.k, nil
+}
+
+func (sr *Snapshotter) read(ctx context.Context) (sn *Snapshot, again bool, err error) {
+	o := sr.o
 	ki, err := ReadKernelInfo(o.Paths)
 	if err != nil {
 		return nil, false, err
@@ -116,7 +162,7 @@ func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again b
 	if err != nil {
 		return nil, false, err
 	}
-	s, err := OpenStore(o.StoreDir)
+	s, k, err := sr.cached(before, ki.BootID)
 	if err != nil {
 		return nil, false, err
 	}
@@ -130,11 +176,6 @@ func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again b
 		}
 		skip = bs.Retained
 	}
-	k, err := ProbeKernel(o.Paths)
-	if err != nil {
-		return nil, false, err
-	}
-	k.Busy = o.Busy
 	live, held, err := readHeld(ctx, k, skip)
 	if err != nil {
 		return nil, false, err

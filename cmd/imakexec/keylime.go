@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -10,8 +11,19 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/imakexec/imakexec/handover"
 	"github.com/imakexec/imakexec/initramfs"
 )
+
+// keylimeCompat is verify --json's "keylime": whether Keylime's verifier can parse the
+// chain (handover.CheckKeylime), or why that could not be told.
+func keylimeCompat(ctx context.Context, p handover.Paths, store string) any {
+	k, err := handover.CheckKeylime(ctx, handover.ChainOptions{Paths: p, StoreDir: store})
+	if err != nil {
+		return map[string]any{"compatible": false, "reasons": []string{"the chain could not be read: " + err.Error()}}
+	}
+	return k
+}
 
 // A Keylime runtime policy for the records every imakexec kexec adds to the log
 // (`imakexec kexec --dry-run --keylime-excludes`): the kernel image (KEXEC_KERNEL_CHECK),

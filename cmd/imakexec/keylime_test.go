@@ -117,3 +117,54 @@ func TestKeylimeExcludesCoverKexecRecords(t *testing.T) {
 		}
 	}
 }
+
+// verify --json says, beside verified, whether Keylime's verifier can parse the log: yes for
+// the default policy's ima-ng records on PCR 10, no (naming PCR 11) when a policy rule
+// measures into PCR 11, while the log still verifies.
+func TestVerifyJSONKeylimeCompat(t *testing.T) {
+	for _, tc := range []struct {
+		policy string
+		compat bool
+	}{
+		{"", true},
+		{"measure func=BPRM_CHECK mask=MAY_EXEC\nmeasure func=FILE_CHECK mask=MAY_READ uid=0 pcr=11\n", false},
+	} {
+		t.Run(fmt.Sprintf("compatible=%v", tc.compat), func(t *testing.T) { testVerifyJSONKeylime(t, tc.policy, tc.compat) })
+	}
+}
+
+// testVerifyJSONKeylime runs one case (one model kernel: the TPM simulator is one per
+// process).
+func testVerifyJSONKeylime(t *testing.T, policy string, compat bool) {
+	env := kmodeltest.Mount(t, kmodel.Config{Profile: kmodel.Profile72, Policy: policy})
+	for i := range 4 {
+		env.Kernel.Exec(fmt.Sprintf("/usr/bin/t%d", i), []byte{byte(i)})
+		env.Kernel.Read(fmt.Sprintf("/etc/c%d", i), []byte{byte(i)})
+	}
+	store := filepath.Join(t.TempDir(), "store")
+	g := []string{"--securityfs", env.Securityfs, "--tpm", "unix:" + env.TPMSocket}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), &Env{Stdout: &out, Stderr: &errb}, append(g, "rejoin", "--store", store, "--proc", env.Proc)); code != 0 {
+		t.Fatalf("rejoin: %d %s", code, errb.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), &Env{Stdout: &out, Stderr: &errb}, append(g, "verify", "--json", "--store", store, "--proc", env.Proc)); code != 0 {
+		t.Fatalf("verify: %d %s %s", code, out.String(), errb.String())
+	}
+	var v struct {
+		Verified bool `json:"verified"`
+		Keylime  struct {
+			Compatible *bool    `json:"compatible"`
+			Reasons    []string `json:"reasons"`
+		} `json:"keylime"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &v); err != nil {
+		t.Fatal(err)
+	}
+	if !v.Verified || v.Keylime.Compatible == nil || *v.Keylime.Compatible != compat {
+		t.Fatalf("policy %q: %s", policy, out.String())
+	}
+	if !compat && (len(v.Keylime.Reasons) != 1 || !strings.Contains(v.Keylime.Reasons[0], "PCR 11 (4 records")) {
+		t.Fatalf("reasons %q, want one naming PCR 11's 4 records", v.Keylime.Reasons)
+	}
+}

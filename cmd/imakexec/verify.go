@@ -68,7 +68,9 @@ func (c *verifyCmd) Run(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	if c.json {
-		if err := writeJSON(env.Stdout, verifyJSON(res, cause)); err != nil {
+		out := verifyJSON(res, cause)
+		out["keylime"] = keylimeCompat(ctx, o.Paths, c.store)
+		if err := writeJSON(env.Stdout, out); err != nil {
 			return err
 		}
 	} else {

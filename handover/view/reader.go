@@ -18,6 +18,9 @@ import (
 // rendered bytes of the previous read.
 const chunk = 64 << 10
 
+// renderBatch is how many stored records are rendered between two flushes.
+const renderBatch = 64
+
 // Reader is one open file of the view (one per open(2)): a cursor over the log in one
 // format. ReadAt may be called at any offset, concurrently; a read that continues where
 // the previous one ended goes on from its cursor, any other read is placed by the index.
@@ -176,16 +179,23 @@ func (r *Reader) render(ctx context.Context, want int) (bool, error) {
 			return false, ErrStale
 		}
 		if r.next.seq < c.stored {
-			rec, sg, err := r.stored(c)
-			if err != nil {
+			// Stored records in batches: written to the renderer's buffer, flushed once.
+			for k := 0; k < renderBatch && r.next.seq < c.stored; k++ {
+				rec, sg, err := r.stored(c)
+				if err != nil {
+					return false, err
+				}
+				r.rend.setScheme(string(sg.Scheme))
+				if err := r.rend.write(rec); err != nil {
+					return false, fmt.Errorf("render record %d: %w", r.next.seq, err)
+				}
+				r.next.seq++
+				r.next.foff += int64(serialize.RecordSize(rec, serialize.SHA1Size))
+			}
+			var err error
+			if r.buf, err = r.rend.flush(r.buf); err != nil {
 				return false, err
 			}
-			r.rend.setScheme(string(sg.Scheme))
-			if r.buf, err = r.rend.append(r.buf, rec); err != nil {
-				return false, fmt.Errorf("render record %d: %w", r.next.seq, err)
-			}
-			r.next.seq++
-			r.next.foff += int64(serialize.RecordSize(rec, serialize.SHA1Size))
 			continue
 		}
 		if r.sn == nil {

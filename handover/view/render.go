@@ -56,3 +56,25 @@ func (r *renderer) append(b []byte, rec *serialize.Record) ([]byte, error) {
 	r.sink.b = nil
 	return b, err
 }
+
+// write renders rec into the writer's buffer; flush appends what was written to b. Many
+// writes and one flush cost less than an append per record.
+func (r *renderer) write(rec *serialize.Record) error {
+	if r.aw != nil {
+		return r.aw.Write(rec)
+	}
+	return r.bw.Write(rec)
+}
+
+func (r *renderer) flush(b []byte) ([]byte, error) {
+	r.sink.b = b
+	var err error
+	if r.aw != nil {
+		err = r.aw.Flush()
+	} else {
+		err = r.bw.Flush()
+	}
+	b = r.sink.b
+	r.sink.b = nil
+	return b, err
+}

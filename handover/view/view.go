@@ -83,10 +83,12 @@ type View struct {
 	cur   *chain
 	build sync.Mutex // one refresh at a time
 
-	fmu      sync.Mutex // guards inflight, lastEnd, lastTook
+	sr       *handover.Snapshotter
+	fmu      sync.Mutex // guards inflight, lastEnd, lastTook, waiters
 	inflight *flight
 	lastEnd  time.Time
 	lastTook time.Duration
+	waiters  int // readers that waited for the last flight
 }
 
 // flight is one snapshot being taken, shared by the readers that arrived before it began.
@@ -105,7 +107,7 @@ func New(ctx context.Context, o Options) (*View, error) {
 	if o.IndexEvery <= 0 {
 		o.IndexEvery = DefaultIndexEvery
 	}
-	v := &View{o: o, cur: &chain{}}
+	v := &View{o: o, cur: &chain{}, sr: handover.NewSnapshotter(handover.SnapshotOptions{Paths: o.Paths, StoreDir: o.StoreDir, Busy: o.Busy})}
 	if _, err := v.snapshot(ctx); err != nil {
 		return nil, err
 	}
@@ -172,15 +174,17 @@ func (s *snap) tailOffsets(f Format, r *renderer) ([]int64, error) {
 }
 
 // snapshot returns a snapshot begun after the call: readers that arrive while one is
-// being taken wait for the next and share it, and the next begins no sooner than the last
-// one took after it ended. So the kernel's list files are read by one snapshot at a time,
-// open at most half the time however many readers poll: a drain's open (7.2: one writer
-// or many readers) meets EBUSY and retries for no longer than that.
+// being taken wait for the next and share it, and when readers queued for the last one the
+// next begins no sooner than the last took after it ended. So the kernel's list files are
+// read by one snapshot at a time, and open at most half the time however many readers
+// poll: a drain's open (7.2: one writer or many readers) meets EBUSY and retries for no
+// longer than that.
 func (v *View) snapshot(ctx context.Context) (*snap, error) {
 	arrive := time.Now()
 	v.fmu.Lock()
 	for {
 		if f := v.inflight; f != nil {
+			v.waiters++
 			v.fmu.Unlock()
 			select {
 			case <-f.done:
@@ -193,7 +197,7 @@ func (v *View) snapshot(ctx context.Context) (*snap, error) {
 			v.fmu.Lock()
 			continue
 		}
-		if wait := time.Until(v.lastEnd.Add(min(v.lastTook, 50*time.Millisecond))); wait > 0 {
+		if wait := time.Until(v.lastEnd.Add(min(v.lastTook, 50*time.Millisecond))); wait > 0 && v.waiters > 0 {
 			v.fmu.Unlock()
 			select {
 			case <-time.After(wait):
@@ -207,6 +211,7 @@ func (v *View) snapshot(ctx context.Context) (*snap, error) {
 	}
 	f := &flight{done: make(chan struct{}), start: time.Now()}
 	v.inflight = f
+	v.waiters = 0
 	v.fmu.Unlock()
 	// The flight serves other readers too: the first one's cancellation must not end it.
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -224,7 +229,7 @@ func (v *View) snapshot(ctx context.Context) (*snap, error) {
 // takeSnapshot reads the store and the kernel's unstored records, and extends (or restarts)
 // the index to the snapshot's store.
 func (v *View) takeSnapshot(ctx context.Context) (*snap, error) {
-	sn, err := handover.ReadSnapshot(ctx, handover.SnapshotOptions{Paths: v.o.Paths, StoreDir: v.o.StoreDir, Busy: v.o.Busy})
+	sn, err := v.sr.Read(ctx)
 	if err != nil {
 		return nil, err
 	}
