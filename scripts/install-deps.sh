@@ -8,8 +8,10 @@
 #   gcc libssl-dev                      cgo TPM simulator (go-tpm-tools), go test -race
 #   qemu-user                           arm64 unit tests (scripts/cross-arch.sh test)
 #   mmdebstrap e2fsprogs                the Debian root filesystem of the systemd-host scenario (testvm/host)
+#   python3-jsonschema python3-packaging python3-cryptography
+#                                       what Keylime's verifier replay imports (handover/view tests)
 set -euo pipefail
-pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev qemu-user mmdebstrap e2fsprogs)
+pkgs=(qemu-system-x86 swtpm swtpm-tools ima-evm-utils cpio fuse3 gcc libssl-dev qemu-user mmdebstrap e2fsprogs python3 python3-jsonschema python3-packaging python3-cryptography)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -29,7 +29,15 @@ func keylimeReplay(t *testing.T) (string, string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p = filepath.Join(root, "..", "shared", "peers", "keylime", "keylime-replay")
+		shared := filepath.Join(root, "..", "shared")
+		if _, err := os.Stat(shared); err != nil {
+			// Keylime's replay is no package: it comes only from the team's shared
+			// folder beside the clone (as on CI) or $IMAKEXEC_KEYLIME_REPLAY. A clone
+			// elsewhere has neither, so this is a skip even under CI; with the folder
+			// present, a missing replay fails under CI.
+			t.Skipf("no shared folder beside the clone (%s) and $IMAKEXEC_KEYLIME_REPLAY unset: Keylime's verifier replay is not available", shared)
+		}
+		p = filepath.Join(shared, "peers", "keylime", "keylime-replay")
 	}
 	if _, err := os.Stat(p); err != nil {
 		testenv.Missing(t, "Keylime's verifier replay is not at %s (../shared/peers/keylime beside the clone, or $IMAKEXEC_KEYLIME_REPLAY)", p)
