@@ -47,7 +47,9 @@ type Scenario struct {
 	Files []string
 	// TPMStateDir: see testvm.Machine.TPMStateDir (cold boot of the same TPM).
 	TPMStateDir string
-	Timeout     time.Duration
+	// Append is added to KernelAppend (e.g. "ima_flush_htable"); the kexecs reuse it.
+	Append  string
+	Timeout time.Duration
 }
 
 // Binaries are the guest programs, built once per process.
@@ -254,7 +256,7 @@ func Execute(ctx context.Context, sc *Scenario, dir string, consoleLine func(str
 		run.ImageSize = st.Size()
 	}
 	m := testvm.Machine{
-		Kernel: sc.Kernel, Initramfs: run.Image, Append: KernelAppend, Dir: dir,
+		Kernel: sc.Kernel, Initramfs: run.Image, Append: strings.TrimSpace(KernelAppend + " " + sc.Append), Dir: dir,
 		TPMStateDir: sc.TPMStateDir, Timeout: sc.Timeout, ConsoleLine: consoleLine,
 	}
 	res, runErr := m.Run(ctx)
