@@ -145,8 +145,8 @@ func TestProfileWorkloads(t *testing.T) {
 	}
 }
 
-// TestCarryOverShapes reproduces what the real 6.1 kernels showed in QEMU (spec
-// vm-testing.md §7).
+// TestCarryOverShapes reproduces what the real 6.1 kernels showed in QEMU (the captures in
+// serialize/testdata/vm: restored records, then a second boot_aggregate).
 func TestCarryOverShapes(t *testing.T) {
 	policy := kmodel.DefaultPolicy
 	t.Run("debian", func(t *testing.T) {
@@ -271,7 +271,8 @@ func TestKexecBufferBytes(t *testing.T) {
 }
 
 // TestKexecOverflow: 6.16 sizes the segment at load; heavy measurement after the load
-// overflows it at execute, the last record is cut and the restore stops there (§10.3).
+// overflows it at execute, the last record is cut and the restore stops there
+// (ima_dump_measurement_list, ima_restore_measurement_list).
 func TestKexecOverflow(t *testing.T) {
 	env := kmodeltest.Mount(t, kmodel.Config{Profile: kmodel.Profile616, ExtraMemoryKB: 1})
 	k := env.Kernel

@@ -43,8 +43,14 @@ type Config struct {
 	Violations bool   `json:"violations"`
 	// LoadOnly: `imakexec kexec --load-only`, then the agent snapshots the list (with the
 	// kexec-window records) and calls reboot(KEXEC) itself.
-	LoadOnly bool   `json:"load_only"`
-	Tamper   string `json:"tamper,omitempty"`
+	LoadOnly bool `json:"load_only"`
+	// AfterLoad (with LoadOnly): files read between kexec_file_load and the jump, records
+	// a 6.16+ kernel carries at execute and a 6.1 kernel loses.
+	AfterLoad int `json:"after_load,omitempty"`
+	// StageAtKexec (with LoadOnly, 7.2 staging): write "A" to the staged list right
+	// before the jump, so records are staged and not deleted when the kernel dumps them.
+	StageAtKexec bool   `json:"stage_at_kexec,omitempty"`
+	Tamper       string `json:"tamper,omitempty"`
 	// DryRun: run `imakexec kexec --dry-run --json` before the handover and send its plan
 	// (blob kexec-plan.json).
 	DryRun bool `json:"dry_run,omitempty"`

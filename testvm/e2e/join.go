@@ -255,12 +255,20 @@ func HostJoinAt(r *Run, storeDir, snap string) (*Join, error) {
 		segs []Segment
 	}
 	var boots []*bootSegs
+	// A 7.2 kernel deletes what a drain stored: the live list starts at the final boot's
+	// deletion point, and the deleted records exist only in the store.
+	finalDeleted := deletedThrough(manLines, finalBoot)
+	byIndex := map[int]serialize.Record{}
 	for _, s := range segs {
 		if s.BootID == finalBoot && s.Source != "reconstructed" {
 			for i, rec := range s.Recs {
 				j := s.First + i
-				if j >= len(live) || !bytes.Equal(live[j].Data, rec.Data) {
-					return nil, fmt.Errorf("store segment %s record %d differs from live record %d", s.File, i, j)
+				if j < finalDeleted {
+					byIndex[j] = rec
+					continue
+				}
+				if j-finalDeleted >= len(live) || !bytes.Equal(live[j-finalDeleted].Data, rec.Data) {
+					return nil, fmt.Errorf("store segment %s record %d differs from live record %d", s.File, i, j-finalDeleted)
 				}
 			}
 			continue
@@ -270,8 +278,18 @@ func HostJoinAt(r *Run, storeDir, snap string) (*Join, error) {
 		}
 		boots[len(boots)-1].segs = append(boots[len(boots)-1].segs, s)
 	}
+	finalStored := make([]serialize.Record, finalDeleted)
+	for i := range finalStored {
+		rec, ok := byIndex[i]
+		if !ok {
+			return nil, fmt.Errorf("the final kernel deleted its records [0,%d) but the store lacks record %d", finalDeleted, i)
+		}
+		finalStored[i] = rec
+	}
 	if r.Scenario.KernelCarries {
-		return carriedJoin(r, boots[0].segs, live, pcrs)
+		// The final kernel's whole list: what it deleted (in the store), then the live list.
+		full := append(append([]serialize.Record{}, finalStored...), live...)
+		return carriedJoin(r, boots[0].segs, deletedThrough(manLines, boots[0].id), full, pcrs)
 	}
 	// Window candidates per kexec k: boot k's window is rebuilt from generation k+1's
 	// command line; the manifest read after the drain is a prefix of the final manifest.
@@ -332,9 +350,13 @@ func HostJoinAt(r *Run, storeDir, snap string) (*Join, error) {
 			j.Records = append(j.Records, w...)
 			j.Boots = append(j.Boots, n+len(w))
 		}
+		j.Records = append(j.Records, finalStored...)
 		j.Records = append(j.Records, live...)
+		if len(finalStored) > 0 {
+			j.Parts = append(j.Parts, fmt.Sprintf("store, deleted by the final kernel: %d records", len(finalStored)))
+		}
 		j.Parts = append(j.Parts, fmt.Sprintf("live: %d records", len(live)))
-		j.Boots = append(j.Boots, len(live))
+		j.Boots = append(j.Boots, len(finalStored)+len(live))
 		ok, err := Matches(j.Records, pcrs)
 		if err != nil {
 			return nil, err
@@ -357,14 +379,20 @@ func HostJoinAt(r *Run, storeDir, snap string) (*Join, error) {
 }
 
 // carriedJoin: a CONFIG_IMA_KEXEC kernel copied the old list (as it was at
-// kexec_file_load) into the new one. The live list alone must replay; the store's records
-// must be its prefix (recognised, not doubled); what lies between the store and the second
-// boot_aggregate is the kexec window, which the kernel carried.
-func carriedJoin(r *Run, old []Segment, live []serialize.Record, pcrs serialize.PCRValues) (*Join, error) {
-	var stored []serialize.Record
+// kexec_file_load on 6.1, at execute on 6.16+) into the new one. The records the old
+// kernel had deleted (deleted, from the manifest: 7.2 drains) exist only in the store; the
+// stored records it still held must be the live list's prefix (recognised, not doubled);
+// what lies between them and the second boot_aggregate is the kexec window, which the
+// kernel carried. Store records before the deletion point plus the live list must replay.
+func carriedJoin(r *Run, old []Segment, deleted int, live []serialize.Record, pcrs serialize.PCRValues) (*Join, error) {
+	var all []serialize.Record
 	for _, s := range old {
-		stored = append(stored, s.Recs...)
+		all = append(all, s.Recs...)
 	}
+	if deleted > len(all) {
+		return nil, fmt.Errorf("the manifest says %d records of the old boot were deleted, the store has %d", deleted, len(all))
+	}
+	gone, stored := all[:deleted], all[deleted:]
 	if len(stored) > len(live) {
 		return nil, fmt.Errorf("store has %d records of the old boot, the live list only %d", len(stored), len(live))
 	}
@@ -383,24 +411,51 @@ func carriedJoin(r *Run, old []Segment, live []serialize.Record, pcrs serialize.
 	if second < len(stored) {
 		return nil, fmt.Errorf("no second boot_aggregate after the %d carried records", len(stored))
 	}
-	ok, err := Matches(live, pcrs)
+	joined := append(append([]serialize.Record{}, gone...), live...)
+	ok, err := Matches(joined, pcrs)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return nil, errors.New("the live list of the IMA_KEXEC kernel does not replay to PCR 10 alone")
+		return nil, fmt.Errorf("the %d records the old kernel deleted plus the live list of the IMA_KEXEC kernel do not replay to PCR 10", len(gone))
 	}
 	var names []string
 	for i := len(stored); i < second; i++ {
 		names = append(names, Name(&live[i]))
 	}
+	parts := []string{fmt.Sprintf("carried by the kernel: %d records (= the %d stored, recognised, + %d window)", second, len(stored), second-len(stored)),
+		fmt.Sprintf("live: %d records", len(live)-second)}
+	if len(gone) > 0 {
+		parts = append([]string{fmt.Sprintf("store, deleted by the old kernel: %d records", len(gone))}, parts...)
+	}
 	return &Join{
-		Records: live,
-		Parts: []string{fmt.Sprintf("carried by the kernel: %d records (= the %d stored, recognised, + %d window)", second, len(stored), second-len(stored)),
-			fmt.Sprintf("live: %d records", len(live)-second)},
+		Records: joined,
+		Parts:   parts,
 		Windows: [][]string{names},
-		Boots:   []int{second, len(live) - second},
+		Boots:   []int{len(gone) + second, len(live) - second},
 	}, nil
+}
+
+// deletedThrough is how many records of a boot's list the kernel deleted, from the
+// manifest's "deleted" entries (a suspended kernel's refusal, marked carried, deletes
+// nothing). 0 for kernels that never delete.
+func deletedThrough(manLines [][]byte, bootID string) int {
+	n := 0
+	for _, l := range manLines {
+		var e struct {
+			Type    string `json:"type"`
+			Deleted struct {
+				BootID  string `json:"boot_id"`
+				Through int    `json:"through"`
+				Carried bool   `json:"carried"`
+			} `json:"deleted"`
+		}
+		if json.Unmarshal(l, &e) != nil || e.Type != "deleted" || e.Deleted.BootID != bootID || e.Deleted.Carried {
+			continue
+		}
+		n = max(n, e.Deleted.Through)
+	}
+	return n
 }
 
 // WriteBinary writes records as a SHA1 binary list.

@@ -48,17 +48,20 @@ type Scenario struct {
 	Files []string
 	// TPMStateDir: see testvm.Machine.TPMStateDir (cold boot of the same TPM).
 	TPMStateDir string
-	Timeout     time.Duration
-	// Append is the kernel command line; "" for KernelAppend.
-	Append string
+	// Append is added to KernelAppend (e.g. "ima_flush_htable"), replacing a parameter of
+	// the same name there (e.g. "ima_template=ima-ngv2"); the kexecs reuse it.
+	Append  string
+	Timeout time.Duration
 }
 
-// CmdlineAppend is the command line the scenario boots with.
+// CmdlineAppend is the command line the scenario boots with: KernelAppend with Append's
+// parameters in place of those of the same name, then the others of Append.
 func (sc *Scenario) CmdlineAppend() string {
-	if sc.Append == "" {
-		return KernelAppend
+	line := KernelAppend
+	for _, a := range kcmdline.Parse(sc.Append) {
+		line = kcmdline.Without(line, a.Key)
 	}
-	return sc.Append
+	return strings.TrimSpace(line + " " + sc.Append)
 }
 
 // Template is the template of the scenario's file records: ima_template= of its command

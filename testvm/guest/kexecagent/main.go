@@ -346,6 +346,26 @@ func (a *agent) kexec() {
 		}
 		a.blob("kexec.json", out)
 		a.timeMark("kexec-load-only", d)
+		for i := 0; i < cfg.AfterLoad; i++ {
+			name := fmt.Sprintf("/tmp/after-load-gen%d-%d.txt", cfg.Generation, i)
+			if err := os.WriteFile(name, []byte(name+"\n"), 0o644); err != nil {
+				a.g.Fatalf("%v", err)
+			}
+			if _, err := os.ReadFile(name); err != nil {
+				a.g.Fatalf("%v", err)
+			}
+		}
+		if cfg.StageAtKexec {
+			f, err := os.OpenFile(filepath.Join(guestlib.IMADir, "binary_runtime_measurements_sha1_staged"), os.O_WRONLY, 0)
+			if err == nil {
+				_, err = f.Write([]byte("A\n"))
+				f.Close()
+			}
+			if err != nil {
+				a.g.Fatalf("stage before the jump: %v", err)
+			}
+			a.g.Mark("staged at kexec gen=%d", cfg.Generation)
+		}
 		// The window records are in the list now; the old kernel's list as it is at the jump.
 		a.snapshot("at-kexec/")
 		a.g.Mark("kexec-jump gen=%d", cfg.Generation)
