@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -265,34 +264,14 @@ func readSegment(s *Store, sg *Segment) ([]serialize.Record, error) {
 // readLive reads the running kernel's held records: the staged list (7.2) then the
 // current list, SHA1 form. The first skip records (stored ones) are counted, not kept.
 func readLive(ctx context.Context, k *Kernel, skip uint64) (recs []serialize.Record, held uint64, err error) {
-	for _, name := range []string{k.Staged, k.List} {
-		if name == "" {
-			continue
+	err = scanLive(ctx, k, func(rec *serialize.Record) {
+		held++
+		if held > skip {
+			recs = append(recs, rec.Clone())
 		}
-		f, err := k.openKernel(ctx, name, os.O_RDONLY)
-		if err != nil {
-			return nil, 0, fmt.Errorf("read %s: %w", name, err)
-		}
-		src, err := listReader(f)
-		if err != nil {
-			f.Close()
-			return nil, 0, err
-		}
-		for {
-			rec, err := src.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				f.Close()
-				return nil, 0, fmt.Errorf("read %s: %w", name, err)
-			}
-			held++
-			if held > skip {
-				recs = append(recs, rec.Clone())
-			}
-		}
-		f.Close()
+	})
+	if err != nil {
+		return nil, 0, err
 	}
 	return recs, held, nil
 }
