@@ -309,34 +309,26 @@ func readLogProfile(ctx context.Context, p Paths, storeDir, bootID string) (*log
 	return prof, nil
 }
 
+// scanLive streams the running kernel's held records, the staged list (7.2) then the
+// current list, SHA1 form, to see (liveSource, the one live-list reader).
 func scanLive(ctx context.Context, k *Kernel, see func(*serialize.Record)) error {
-	for _, name := range []string{k.Staged, k.List} {
-		if name == "" {
-			continue
+	src := &liveSource{ctx: ctx, k: k}
+	defer src.Close()
+	return eachRecord(src, see)
+}
+
+// eachRecord hands every record of src to see, up to io.EOF.
+func eachRecord(src serialize.Source, see func(*serialize.Record)) error {
+	for {
+		rec, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
 		}
-		f, err := k.openKernel(ctx, name, os.O_RDONLY)
 		if err != nil {
-			return fmt.Errorf("read %s: %w", name, err)
-		}
-		src, err := listReader(f)
-		if err != nil {
-			f.Close()
 			return err
 		}
-		for {
-			rec, err := src.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				f.Close()
-				return fmt.Errorf("read %s: %w", name, err)
-			}
-			see(rec)
-		}
-		f.Close()
+		see(rec)
 	}
-	return nil
 }
 
 // scanStoreBoot streams the chain segments of one boot from the store (a missing store
@@ -354,18 +346,11 @@ func scanStoreBoot(dir, bootID string, see func(*serialize.Record)) error {
 			continue
 		}
 		cr := &ChainReader{s: s, segs: []Segment{sg}, i: -1, all: true, single: true}
-		for {
-			rec, err := cr.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				cr.Close()
-				return err
-			}
-			see(rec)
-		}
+		err := eachRecord(cr, see)
 		cr.Close()
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

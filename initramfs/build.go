@@ -136,18 +136,4 @@ func BuildInitramfs(w io.Writer, o BuildOptions) error {
 
 // readBuildFile reads a file for the image. Unlike store files it may be reached through
 // a symlink (/boot/vmlinuz is one on Debian): it is the operator's own input.
-func readBuildFile(name string) ([]byte, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", name)
-	}
-	return readLimited(f, name, maxBuildFile)
-}
+func readBuildFile(name string) ([]byte, error) { return readRegularFile(name, maxBuildFile, true) }

@@ -3,7 +3,6 @@ package initramfs
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -82,7 +81,7 @@ func (SysKexec) Reboot() error {
 // kexecDisabled reads proc/sys/kernel/kexec_load_disabled below procDir: "" when kexec may
 // be used or the file is absent, else a reason.
 func kexecDisabled(procDir string) string {
-	b, err := os.ReadFile(filepath.Join(procDir, "sys", "kernel", "kexec_load_disabled"))
+	b, err := readKernelFile(filepath.Join(procDir, "sys", "kernel", "kexec_load_disabled"), 64)
 	if err == nil && strings.TrimSpace(string(b)) == "1" {
 		return "proc/sys/kernel/kexec_load_disabled is 1 (it cannot be reset without a reboot)"
 	}

@@ -26,10 +26,18 @@ func readLimited(r io.Reader, name string, max int64) ([]byte, error) {
 // readRegular reads a regular file without following a symlink (O_NOFOLLOW, so a
 // symlink planted in place of the file is refused rather than read), at most max bytes,
 // checking the size before reading and again while reading (the file may grow).
-func readRegular(name string, max int64) ([]byte, error) {
-	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+func readRegular(name string, max int64) ([]byte, error) { return readRegularFile(name, max, false) }
+
+// readRegularFile is readRegular; with follow, a symlink is followed (the operator's own
+// inputs, such as /boot/vmlinuz, which is one on Debian).
+func readRegularFile(name string, max int64, follow bool) ([]byte, error) {
+	flags := os.O_RDONLY | syscall.O_CLOEXEC | syscall.O_NONBLOCK
+	if !follow {
+		flags |= syscall.O_NOFOLLOW
+	}
+	f, err := os.OpenFile(name, flags, 0)
 	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
+		if !follow && errors.Is(err, syscall.ELOOP) {
 			return nil, fmt.Errorf("%s is a symlink", name)
 		}
 		return nil, err
