@@ -195,6 +195,9 @@ func TestSystemdHostKexecPolicy(t *testing.T) {
 // The disk store is changed between the boots: rejoin refuses and says why in the journal.
 func TestSystemdHostTamperedStore(t *testing.T) {
 	_, res := scenario(t, DiskOptions{}, "tamper", "")
+	if m := needMark(t, res, "boot2 tamper="); m != "boot2 tamper=success" {
+		t.Fatalf("the store was not tampered with before rejoin: %q", m)
+	}
 	if m := needMark(t, res, "boot2 rejoin="); strings.HasPrefix(m, "boot2 rejoin=active") {
 		t.Fatalf("rejoin accepted a tampered store: %q", m)
 	}
