@@ -191,10 +191,15 @@ mount -t sysfs sys "$1/sys"
 chroot "$1" dpkg -i /tmp/imakexec.deb
 if [ -d "$1/tmp/k" ]; then
 	# On bookworm the 7.2 image's postinst fails in linux-run-hooks (run-parts: missing
-	# operand): the kernel and its modules are unpacked, the initrd is then made by hand.
+	# operand): the image (in /usr/lib/modules/REL/vmlinuz) and the modules are unpacked;
+	# the copy to /boot and the initrd are then made by hand.
 	chroot "$1" sh -c 'dpkg -i /tmp/k/linux-base_*.deb && dpkg -i /tmp/k/*.deb' || {
 		echo "NOTE: the 7.2 kernel's maintainer scripts failed; making its initrd with update-initramfs"
-		for k in "$1"/boot/vmlinuz-7.*; do chroot "$1" update-initramfs -c -k "${k##*/vmlinuz-}"; done
+		for k in "$1"/usr/lib/modules/7.*/vmlinuz; do
+			rel=${k%/vmlinuz}; rel=${rel##*/}
+			cp "$k" "$1/boot/vmlinuz-$rel"
+			chroot "$1" update-initramfs -c -k "$rel"
+		done
 	}
 	rm -rf "$1/tmp/k"
 fi
