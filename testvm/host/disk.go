@@ -198,6 +198,7 @@ if [ -d "$1/tmp/k" ]; then
 		for k in "$1"/usr/lib/modules/7.*/vmlinuz; do
 			rel=${k%/vmlinuz}; rel=${rel##*/}
 			cp "$k" "$1/boot/vmlinuz-$rel"
+			cp "${k%/vmlinuz}/config" "$1/boot/config-$rel"
 			chroot "$1" update-initramfs -c -k "$rel"
 		done
 	}
