@@ -103,6 +103,9 @@ func checkJoined(t *testing.T, res *testvm.Result) {
 	if m := needMark(t, res, "boot2 rejoin="); m != "boot2 rejoin=active result=success" {
 		t.Errorf("rejoin unit in boot 2: %q\n%s", m, blob(t, res, "boot2/rejoin.txt"))
 	}
+	if m := needMark(t, res, "boot2 handoff="); m != "boot2 handoff=kept" {
+		t.Errorf("the initramfs did not keep the handoff across switch_root: %q", m)
+	}
 	rj := string(blob(t, res, "boot2/rejoin.txt"))
 	if !strings.Contains(rj, "generation") {
 		t.Errorf("rejoin's verdict is not in the journal:\n%s", rj)
