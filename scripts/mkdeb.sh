@@ -34,7 +34,7 @@ if [ "$1" = configure ]; then
 	systemctl enable imakexec-rejoin.service imakexec-joined.target imakexec-shutdown.service imakexec-drain.timer >/dev/null || true
 	if [ -d /run/systemd/system ]; then systemctl start imakexec-shutdown.service imakexec-drain.timer || true; fi
 	if command -v update-initramfs >/dev/null 2>&1; then update-initramfs -u || true
-	elif command -v dracut >/dev/null 2>&1; then dracut -f || true; fi
+	elif command -v dracut >/dev/null 2>&1; then dracut -f --regenerate-all || true; fi
 fi
 SH
 cat > "$root/DEBIAN/prerm" <<'SH'

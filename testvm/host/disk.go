@@ -189,7 +189,21 @@ func PrepareDisk(ctx context.Context, dir string, o DiskOptions) (*Disk, error) 
 mount -t proc proc "$1/proc"
 mount -t sysfs sys "$1/sys"
 chroot "$1" dpkg -i /tmp/imakexec.deb
-if [ -d "$1/tmp/k" ]; then chroot "$1" sh -c 'dpkg -i /tmp/k/linux-base_*.deb && dpkg -i /tmp/k/*.deb'; rm -rf "$1/tmp/k"; fi
+if [ -d "$1/tmp/k" ]; then
+	# On bookworm the 7.2 image's postinst fails in linux-run-hooks (run-parts: missing
+	# operand): the image (in /usr/lib/modules/REL/vmlinuz) and the modules are unpacked;
+	# the copy to /boot and the initrd are then made by hand.
+	chroot "$1" sh -c 'dpkg -i /tmp/k/linux-base_*.deb && dpkg -i /tmp/k/*.deb' || {
+		echo "NOTE: the 7.2 kernel's maintainer scripts failed; making its initrd with update-initramfs"
+		for k in "$1"/usr/lib/modules/7.*/vmlinuz; do
+			rel=${k%/vmlinuz}; rel=${rel##*/}
+			cp "$k" "$1/boot/vmlinuz-$rel"
+			cp "${k%/vmlinuz}/config" "$1/boot/config-$rel"
+			chroot "$1" update-initramfs -c -k "$rel"
+		done
+	}
+	rm -rf "$1/tmp/k"
+fi
 chroot "$1" systemctl enable imakexec-testvm.service imakexec-testvm-tamper.service
 rm -f "$1/tmp/imakexec.deb"`
 	if out, err := run(dir, "unshare", "--mount", "--fork", "sh", "-c", script, "sh", tree); err != nil {

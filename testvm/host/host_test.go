@@ -103,6 +103,9 @@ func checkJoined(t *testing.T, res *testvm.Result) {
 	if m := needMark(t, res, "boot2 rejoin="); m != "boot2 rejoin=active result=success" {
 		t.Errorf("rejoin unit in boot 2: %q\n%s", m, blob(t, res, "boot2/rejoin.txt"))
 	}
+	if m := needMark(t, res, "boot2 handoff="); m != "boot2 handoff=kept" {
+		t.Errorf("the initramfs did not keep the handoff across switch_root: %q", m)
+	}
 	rj := string(blob(t, res, "boot2/rejoin.txt"))
 	if !strings.Contains(rj, "generation") {
 		t.Errorf("rejoin's verdict is not in the journal:\n%s", rj)
@@ -195,6 +198,9 @@ func TestSystemdHostKexecPolicy(t *testing.T) {
 // The disk store is changed between the boots: rejoin refuses and says why in the journal.
 func TestSystemdHostTamperedStore(t *testing.T) {
 	_, res := scenario(t, DiskOptions{}, "tamper", "")
+	if m := needMark(t, res, "boot2 tamper="); m != "boot2 tamper=success" {
+		t.Fatalf("the store was not tampered with before rejoin: %q", m)
+	}
 	if m := needMark(t, res, "boot2 rejoin="); strings.HasPrefix(m, "boot2 rejoin=active") {
 		t.Fatalf("rejoin accepted a tampered store: %q", m)
 	}
