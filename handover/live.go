@@ -39,8 +39,8 @@ type Snapshot struct {
 	// holds, in the kernel's order; for an empty store, the whole list.
 	Live   []serialize.Record
 	BootID string
-	// Scheme is the running kernel's extend scheme ("hash" or "pad").
-	Scheme string
+	// Scheme is the running kernel's extend scheme (KernelInfo.Scheme).
+	Scheme serialize.Scheme
 }
 
 // Records is the length of the joined log: the store's chain plus Live.
@@ -120,7 +120,7 @@ func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again b
 	if err != nil {
 		return nil, false, err
 	}
-	sn = &Snapshot{Store: s, BootID: ki.BootID, Scheme: ki.Scheme().String(), Joined: true}
+	sn = &Snapshot{Store: s, BootID: ki.BootID, Scheme: ki.Scheme(), Joined: true}
 	var skip uint64
 	if s.Exists() {
 		bs := s.Boot(ki.BootID)
