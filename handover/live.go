@@ -121,14 +121,10 @@ func readSnapshot(ctx context.Context, o SnapshotOptions) (sn *Snapshot, again b
 		return nil, false, err
 	}
 	sn = &Snapshot{Store: s, BootID: ki.BootID, Scheme: ki.Scheme(), Joined: true}
-	var skip uint64
-	if s.Exists() {
-		bs := s.Boot(ki.BootID)
-		if bs == nil {
-			sn.Joined = false
-			return sn, false, nil
-		}
-		skip = bs.Retained
+	skip, joined := s.joined(ki.BootID)
+	if !joined {
+		sn.Joined = false
+		return sn, false, nil
 	}
 	k, err := ProbeKernel(o.Paths)
 	if err != nil {

@@ -229,6 +229,20 @@ func (s *Store) Boots() []BootState {
 	return out
 }
 
+// joined is the one rule of whether the kernel with bootID is part of the store's chain,
+// used by drain (which refuses a boot that is not, ErrNotJoined), export (OpenChain) and
+// the live view (Snapshot): a store with no chain segment yet is joined by any boot (the
+// chain is that kernel's list); otherwise the boot stored records, or rejoin joined it
+// (a join entry, which is all rejoin writes when the new kernel carried and the window
+// added nothing). retained is how many records at the head of its list the store holds
+// already (BootState.Retained; 0 for a boot joined without a segment).
+func (s *Store) joined(bootID string) (retained uint64, ok bool) {
+	if bs := s.Boot(bootID); bs != nil {
+		return bs.Retained, true
+	}
+	return 0, s.knowsBoot(bootID) || len(s.ChainSegments()) == 0
+}
+
 // Boot returns the state of the kernel with this boot id, or nil.
 func (s *Store) Boot(bootID string) *BootState {
 	for _, b := range s.Boots() {
