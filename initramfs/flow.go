@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imakexec/imakexec/internal/kcmdline"
+	"github.com/imakexec/imakexec/internal/storefs"
 )
 
 // KexecOptions configure RunKexec.
@@ -29,6 +30,10 @@ type KexecOptions struct {
 
 	Proc   string                               // procfs mount, default /proc
 	Open   func(name string) (InputFile, error) // default: os.OpenFile O_RDONLY|O_CLOEXEC
+	// OpenStore opens the store file rel (with '/') of the store directory dir; default
+	// storefs.OpenFile: openat from the store's descriptor, no symlink followed, no FIFO or
+	// device, owner and mode checked. Tests wrap it to trace the opens.
+	OpenStore func(dir, rel string) (InputFile, error)
 	Trace  func(event string)                   // phase events, for tests and --verbose
 	Now    func() time.Time
 	Limits Limits
@@ -70,6 +75,9 @@ func (o *KexecOptions) defaults() {
 		o.Open = func(name string) (InputFile, error) {
 			return os.OpenFile(name, os.O_RDONLY|syscall.O_CLOEXEC, 0)
 		}
+	}
+	if o.OpenStore == nil {
+		o.OpenStore = func(dir, rel string) (InputFile, error) { return storefs.OpenFile(dir, rel) }
 	}
 	if o.Trace == nil {
 		o.Trace = func(string) {}
