@@ -30,13 +30,14 @@ type KexecOptions struct {
 
 	Proc   string                               // procfs mount, default /proc
 	Open   func(name string) (InputFile, error) // default: os.OpenFile O_RDONLY|O_CLOEXEC
+	Trace  func(event string)                   // phase events, for tests and --verbose
+	Now    func() time.Time
+	Limits Limits
+
 	// OpenStore opens the store file rel (with '/') of the store directory dir; default
 	// storefs.OpenFile: openat from the store's descriptor, no symlink followed, no FIFO or
 	// device, owner and mode checked. Tests wrap it to trace the opens.
 	OpenStore func(dir, rel string) (InputFile, error)
-	Trace  func(event string)                   // phase events, for tests and --verbose
-	Now    func() time.Time
-	Limits Limits
 }
 
 // KexecReport is what RunKexec did or, with DryRun, would do.
