@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/imakexec/imakexec/serialize"
 )
 
@@ -193,13 +191,14 @@ func (s *Store) SegmentReader(sg Segment) *ChainReader {
 	return &ChainReader{s: s, segs: []Segment{sg}, i: -1, single: true}
 }
 
-// OpenSegment opens a segment file for reading, without following symlinks. Segment files
+// OpenSegment opens a segment file for reading as every store file is read (openat from the
+// store's descriptor, no symlink at any level, a regular file of ours). Segment files
 // never change once their manifest entry is written.
 func (s *Store) OpenSegment(sg Segment) (*os.File, error) {
 	if filepath.Clean(sg.File) != segmentName(sg.Number) {
 		return nil, &TamperError{File: manifestName, What: fmt.Sprintf("segment %d names file %q, want %q", sg.Number, sg.File, segmentName(sg.Number))}
 	}
-	f, err := openNoFollow(filepath.Join(s.dir, sg.File), unix.O_RDONLY, 0)
+	f, err := openStoreFile(s.dir, sg.File)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/imakexec/imakexec/internal/storefs"
 	"github.com/imakexec/imakexec/serialize"
 )
 
@@ -29,8 +30,12 @@ var ErrBindingMismatch = errors.New("store belongs to another TPM power cycle")
 // handover format, and manifest.jsonl, a hash-chained list of entries (see Entry). Readers
 // take a shared flock on DIR/lock (RLock), writers (Drain, Rejoin, Archive) an exclusive one.
 type Store struct {
-	dir     string
-	lockf   *os.File
+	dir   string
+	lockf *os.File
+	// root is the store directory, opened and checked when the exclusive lock was taken:
+	// every write (segments, manifest, archive, cleanup) is made relative to it with the
+	// *at system calls (storefs.Dir), so nothing swapped in after the check is followed.
+	root    *storefs.Dir
 	rlocked bool // shared lock (lockf may be nil for a store never locked)
 	// ctx is the context the lock was taken with: reading the chain (ChainReader) stops
 	// when it is done, so a signal ends a long verify, export or rejoin.
