@@ -107,8 +107,8 @@ type Join struct {
 	// Candidate describes the join that replayed to the TPM; Candidates how many were tried.
 	Candidate  string `json:"candidate"`
 	Candidates int    `json:"candidates"`
-	// PCRs are the TPM's values the join was proven against.
-	PCRs map[string]map[string]string `json:"pcrs"`
+	// PCRs are the TPM's values the join was proven against (pcrsJSON, decodePCRs).
+	PCRs json.RawMessage `json:"pcrs"`
 }
 
 // TPMBinding ties the store to one TPM power cycle (TPM2_ReadClock, TPMS_CLOCK_INFO).
@@ -164,8 +164,10 @@ type Segment struct {
 	Held     uint64 `json:"held"`
 	Retained uint64 `json:"retained"`
 	// PCRs are the replayed values after this segment, per PCR and bank, continuing from
-	// the previous segment (hex).
-	PCRs map[string]map[string]string `json:"pcrs"`
+	// the previous segment (hex): {"10":{"sha256":"…"}}. They are kept as the line's raw
+	// JSON and decoded only where used (decodePCRs: the last segment, and each segment as
+	// the chain is read), so loading a long manifest builds no map per line.
+	PCRs json.RawMessage `json:"pcrs"`
 	// BootHash is the marshalled SHA-256 state over this boot's records (their kexec-format
 	// bytes) through the end of this segment, and BootSum its sum: how a later drain
 	// recognises stored records at the head of the kernel's list without re-reading them.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -222,8 +223,9 @@ func (s *Store) cleanTemp() {
 	}
 }
 
-// pcrsJSON and decodePCRs convert PCR values to and from the manifest's hex form.
-func pcrsJSON(v serialize.PCRValues) map[string]map[string]string {
+// pcrsJSON and decodePCRs convert PCR values to and from the manifest's hex form,
+// {"10":{"sha1":"…","sha256":"…"}} (encoding/json sorts the keys).
+func pcrsJSON(v serialize.PCRValues) json.RawMessage {
 	out := map[string]map[string]string{}
 	for p, m := range v {
 		k := strconv.Itoa(int(p))
@@ -232,10 +234,20 @@ func pcrsJSON(v serialize.PCRValues) map[string]map[string]string {
 			out[k][b] = hex.EncodeToString(d)
 		}
 	}
-	return out
+	b, err := json.Marshal(out)
+	if err != nil {
+		panic(err) // maps of strings always marshal
+	}
+	return b
 }
 
-func decodePCRs(m map[string]map[string]string) (serialize.PCRValues, error) {
+func decodePCRs(raw json.RawMessage) (serialize.PCRValues, error) {
+	var m map[string]map[string]string
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return nil, fmt.Errorf("PCR values: %w", err)
+		}
+	}
 	out := serialize.PCRValues{}
 	for k, banks := range m {
 		p, err := strconv.ParseUint(k, 10, 32)
