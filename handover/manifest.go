@@ -348,6 +348,13 @@ func parseEntry(line []byte, n int, prev string) (Entry, error) {
 // underflow or index out of range on a crafted manifest: segment numbers, names and sizes,
 // sequence and per-boot positions, and deletion points. It does not prove the records;
 // replay against the TPM does.
+//
+// What it guarantees for the unsigned arithmetic on manifest values: per boot, a segment
+// starts where the boot's stored records end (so BootState.Stored never decreases), and a
+// deletion point is the end of a stored segment (so Deleted <= Stored, and
+// Retained = Stored - Deleted cannot underflow); FirstSeq+Count and FirstIndex+Count do
+// not overflow; a duplicate's [From, To) is ordered and as long as its records; a join's
+// Duplicated <= KernelCarried; the extend scheme is one Scheme.Extend knows.
 type manifestChecker struct {
 	segs     int               // segments so far
 	chainEnd uint64            // end of the in-chain sequence numbers
@@ -377,6 +384,9 @@ func (c *manifestChecker) check(e *Entry) error {
 		}
 		if sg.Boot.BootID == "" || sg.Boot.Generation < 0 {
 			return bad("segment %d: no boot id or a negative generation", sg.Number)
+		}
+		if _, err := sg.Scheme.Extend(); err != nil {
+			return bad("segment %d: %v", sg.Number, err)
 		}
 		if sg.FirstSeq+sg.Count < sg.FirstSeq || sg.Boot.FirstIndex+sg.Count < sg.Boot.FirstIndex {
 			return bad("segment %d: first_seq or first_index overflows", sg.Number)

@@ -142,20 +142,34 @@ func (s *Store) Segments() []Segment {
 
 // Records is the number of records in the chain.
 func (s *Store) Records() uint64 {
-	segs := s.ChainSegments()
-	if len(segs) == 0 {
-		return 0
+	for i := len(s.entries) - 1; i >= 0; i-- {
+		if sg := s.entries[i].Segment; sg != nil && sg.InChain() {
+			return sg.End()
+		}
 	}
-	return segs[len(segs)-1].End()
+	return 0
 }
 
 // Bytes is the total size of the segment files.
 func (s *Store) Bytes() int64 {
 	var n int64
-	for _, sg := range s.Segments() {
-		n += sg.Size
+	for _, e := range s.entries {
+		if e.Segment != nil {
+			n += e.Segment.Size
+		}
 	}
 	return n
+}
+
+// segmentCount is the number of segments, duplicates included, and last the last one
+// (nil for none), without copying them (Segments does).
+func (s *Store) segmentCount() (n int, last *Segment) {
+	for _, e := range s.entries {
+		if e.Segment != nil {
+			n, last = n+1, e.Segment
+		}
+	}
+	return n, last
 }
 
 // LastDrain is the time of the last manifest entry (zero for an empty store).
@@ -192,7 +206,7 @@ type BootState struct {
 	// Retained = Stored - Deleted: stored records the kernel still held at the last drain,
 	// at the head of its list. A verifier joining the store with the live list skips them.
 	Retained uint64
-	segs     []Segment
+	segs     []*Segment // this boot's segments, in the store's entries (not copies)
 }
 
 // Boots returns the state of every kernel in the chain, in order.
@@ -210,7 +224,7 @@ func (s *Store) Boots() []BootState {
 				idx[b.BootID] = i
 			}
 			out[i].Stored = b.FirstIndex + e.Segment.Count
-			out[i].segs = append(out[i].segs, *e.Segment)
+			out[i].segs = append(out[i].segs, e.Segment)
 		case e.Deleted != nil:
 			if i, ok := idx[e.Deleted.BootID]; ok {
 				if e.Deleted.Through > out[i].Deleted {
