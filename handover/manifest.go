@@ -265,6 +265,7 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 	st := &manifestState{}
 	br := bufio.NewReaderSize(r, 64<<10)
 	var chk manifestChecker
+	ld := newLineDecoder()
 	var long []byte
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -294,7 +295,7 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 			return nil, &TamperError{File: manifestName, Line: len(st.entries) + 1, What: fmt.Sprintf("line longer than %d bytes", maxManifestLine)}
 		}
 		body := line[:len(line)-1]
-		e, err := parseEntry(body, len(st.entries), st.lastHash)
+		e, err := ld.parseEntry(body, len(st.entries), st.lastHash)
 		if err != nil {
 			return nil, err
 		}
@@ -307,15 +308,48 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 	}
 }
 
+// lineDecoder decodes manifest lines, one JSON value per line, strictly (unknown fields
+// refused), with one json.Decoder for all of them: it is fed line by line (lineFeed), so
+// its buffer is reused instead of a decoder and a buffer being made for every line. A
+// decode error ends the manifest's parse, so the decoder's sticky error never matters.
+type lineDecoder struct {
+	feed lineFeed
+	dec  *json.Decoder
+	off  int64 // bytes fed to dec before the current line
+}
+
+func newLineDecoder() *lineDecoder {
+	ld := &lineDecoder{}
+	ld.dec = json.NewDecoder(&ld.feed)
+	ld.dec.DisallowUnknownFields()
+	return ld
+}
+
+// lineFeed yields the current line, then io.EOF until the next line is set.
+type lineFeed struct{ b []byte }
+
+func (l *lineFeed) Read(p []byte) (int, error) {
+	if len(l.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, l.b)
+	l.b = l.b[n:]
+	return n, nil
+}
+
 // parseEntry parses line n (from 0) and checks it chains to the line before (prev).
-func parseEntry(line []byte, n int, prev string) (Entry, error) {
+func (ld *lineDecoder) parseEntry(line []byte, n int, prev string) (Entry, error) {
 	var e Entry
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
+	ld.feed.b = line
+	start := ld.off
+	ld.off += int64(len(line))
+	dec := ld.dec
 	if err := dec.Decode(&e); err != nil {
 		return e, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("not a manifest entry: %v", err)}
 	}
-	if dec.More() {
+	// Everything after the value must be white space (a "}" too would otherwise be left
+	// for the next line).
+	if used := dec.InputOffset() - start; used < 0 || used > int64(len(line)) || len(bytes.Trim(line[used:], " \t\r\n")) != 0 {
 		return e, &TamperError{File: manifestName, Line: n + 1, What: "data after the entry"}
 	}
 	if e.Index != n {
