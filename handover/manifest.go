@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/imakexec/imakexec/serialize"
@@ -266,6 +267,7 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var chk manifestChecker
 	ld := newLineDecoder()
+	in := interner{}
 	var long []byte
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -302,6 +304,9 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 		if err := chk.check(&e); err != nil {
 			return nil, err
 		}
+		if e.Segment != nil {
+			in.segment(e.Segment)
+		}
 		st.entries = append(st.entries, e)
 		st.lastHash = lineHash(body)
 		st.good += int64(len(line))
@@ -335,6 +340,36 @@ func (l *lineFeed) Read(p []byte) (int, error) {
 	n := copy(p, l.b)
 	l.b = l.b[n:]
 	return n, nil
+}
+
+// interner shares the strings that repeat from segment line to segment line (boot ids,
+// releases, bank lists, enums), so a loaded manifest keeps one copy of each, not one per
+// line.
+type interner struct {
+	strs  map[string]string
+	banks []string // the last segment's KernelBanks
+}
+
+func (in *interner) str(s *string) {
+	if in.strs == nil {
+		in.strs = map[string]string{}
+	}
+	if v, ok := in.strs[*s]; ok {
+		*s = v
+	} else if len(in.strs) < 4096 {
+		in.strs[*s] = *s
+	}
+}
+
+func (in *interner) segment(sg *Segment) {
+	for _, p := range []*string{&sg.Boot.BootID, &sg.Boot.KernelRelease, &sg.IMAHash, (*string)(&sg.Scheme), &sg.ByteOrder, &sg.FlushHtable, (*string)(&sg.Source), (*string)(&sg.Backend)} {
+		in.str(p)
+	}
+	if slices.Equal(sg.KernelBanks, in.banks) {
+		sg.KernelBanks = in.banks
+	} else {
+		in.banks = sg.KernelBanks
+	}
 }
 
 // parseEntry parses line n (from 0) and checks it chains to the line before (prev).
