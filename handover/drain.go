@@ -306,7 +306,7 @@ func (d *drainer) setup() error {
 		return err
 	}
 	d.res.BootID = d.ki.BootID
-	if len(d.s.ChainSegments()) > 0 && !d.s.knowsBoot(d.ki.BootID) {
+	if _, ok := d.s.joined(d.ki.BootID); !ok {
 		return notJoined(d.ki.BootID)
 	}
 	segs := d.s.Segments()

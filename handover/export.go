@@ -65,10 +65,9 @@ func OpenChain(ctx context.Context, o ChainOptions) (*Chain, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if bs := s.Boot(ki.BootID); bs != nil {
-		c.skip = bs.Retained
-	} else if s.Exists() {
-		return fail(ErrNotJoined)
+	var ok bool
+	if c.skip, ok = s.joined(ki.BootID); !ok {
+		return fail(fmt.Errorf("%w (boot id %s)", ErrNotJoined, ki.BootID))
 	}
 	return c, nil
 }

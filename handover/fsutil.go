@@ -149,33 +149,15 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to name crash-safely: temp file in the same directory, write,
-// fsync, rename, fsync the directory.
+// writeFileAtomic writes data to name crash-safely (storefs.Dir.WriteFileAtomic: temp file
+// in the same directory, write, fsync, rename, fsync the directory), every step relative
+// to the directory opened once without following a symlink in its last component. It is
+// for files outside a store (shutdown's marks); the store writes through Store.root.
 func writeFileAtomic(name string, data []byte) error {
-	dir := filepath.Dir(name)
-	tmp := filepath.Join(dir, "."+filepath.Base(name)+".tmp")
-	_ = os.Remove(tmp)
-	f, err := openNoFollow(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, fileMode)
+	d, err := openNoFollow(filepath.Dir(name), unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("fsync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, name); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
+	defer d.Close()
+	return storefs.DirOf(d).WriteFileAtomic(filepath.Base(name), data, fileMode)
 }

@@ -127,7 +127,9 @@ func (f *forger) dup() *Segment {
 // pcrsWithout drops a PCR from every segment's recorded values (after derivation).
 func (f *forger) pcrsWithout(p uint32) {
 	for _, sg := range f.segs(false) {
-		delete(sg.PCRs, fmt.Sprint(p))
+		m := pcrsMap(f.t, sg.PCRs)
+		delete(m, fmt.Sprint(p))
+		sg.PCRs = mapPCRs(m)
 	}
 }
 
@@ -198,7 +200,7 @@ func (f *forger) write() {
 		bootEnd[sg.Boot.BootID] += sg.Count
 		sg.BootHash, sg.BootSum = bh.state(), bh.sum()
 		bootState[sg.Boot.BootID] = sg.BootHash
-		sg.PCRs = map[string]map[string]string{}
+		sg.PCRs = mapPCRs(map[string]map[string]string{})
 		if rp != nil {
 			sg.PCRs = pcrsJSON(rp.State())
 		}

@@ -192,11 +192,13 @@ func hostileCases() []hostileCase {
 		}},
 		{name: "pcrs-lie", mut: func(testing.TB, *forger) {}, post: func(f *forger) {
 			for _, sg := range f.segs(false) {
-				for _, m := range sg.PCRs {
+				pm := pcrsMap(f.t, sg.PCRs)
+				for _, m := range pm {
 					for b := range m {
 						m[b] = strings.Repeat("ab", len(m[b])/2)
 					}
 				}
+				sg.PCRs = mapPCRs(pm)
 			}
 		}},
 		{name: "scheme-pad", mut: func(_ testing.TB, f *forger) { f.seg(-1).Scheme = "pad" }},

@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/imakexec/imakexec/serialize"
 )
 
@@ -40,8 +38,8 @@ type Snapshot struct {
 	// holds, in the kernel's order; for an empty store, the whole list.
 	Live   []serialize.Record
 	BootID string
-	// Scheme is the running kernel's extend scheme ("hash" or "pad").
-	Scheme string
+	// Scheme is the running kernel's extend scheme (KernelInfo.Scheme).
+	Scheme serialize.Scheme
 }
 
 // Records is the length of the joined log: the store's chain plus Live.
@@ -166,15 +164,11 @@ func (sr *Snapshotter) read(ctx context.Context) (sn *Snapshot, again bool, err 
 	if err != nil {
 		return nil, false, err
 	}
-	sn = &Snapshot{Store: s, BootID: ki.BootID, Scheme: ki.Scheme().String(), Joined: true}
-	var skip uint64
-	if s.Exists() {
-		bs := s.Boot(ki.BootID)
-		if bs == nil {
-			sn.Joined = false
-			return sn, false, nil
-		}
-		skip = bs.Retained
+	sn = &Snapshot{Store: s, BootID: ki.BootID, Scheme: ki.Scheme(), Joined: true}
+	skip, joined := s.joined(ki.BootID)
+	if !joined {
+		sn.Joined = false
+		return sn, false, nil
 	}
 	live, held, err := readHeld(ctx, k, skip)
 	if err != nil {
@@ -238,13 +232,14 @@ func (s *Store) SegmentReader(sg Segment) *ChainReader {
 	return &ChainReader{s: s, segs: []Segment{sg}, i: -1, single: true}
 }
 
-// OpenSegment opens a segment file for reading, without following symlinks. Segment files
+// OpenSegment opens a segment file for reading as every store file is read (openat from the
+// store's descriptor, no symlink at any level, a regular file of ours). Segment files
 // never change once their manifest entry is written.
 func (s *Store) OpenSegment(sg Segment) (*os.File, error) {
 	if filepath.Clean(sg.File) != segmentName(sg.Number) {
 		return nil, &TamperError{File: manifestName, What: fmt.Sprintf("segment %d names file %q, want %q", sg.Number, sg.File, segmentName(sg.Number))}
 	}
-	f, err := openNoFollow(filepath.Join(s.dir, sg.File), unix.O_RDONLY, 0)
+	f, err := openStoreFile(s.dir, sg.File)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/imakexec/imakexec/serialize"
@@ -107,8 +108,8 @@ type Join struct {
 	// Candidate describes the join that replayed to the TPM; Candidates how many were tried.
 	Candidate  string `json:"candidate"`
 	Candidates int    `json:"candidates"`
-	// PCRs are the TPM's values the join was proven against.
-	PCRs map[string]map[string]string `json:"pcrs"`
+	// PCRs are the TPM's values the join was proven against (pcrsJSON, decodePCRs).
+	PCRs json.RawMessage `json:"pcrs"`
 }
 
 // TPMBinding ties the store to one TPM power cycle (TPM2_ReadClock, TPMS_CLOCK_INFO).
@@ -164,8 +165,10 @@ type Segment struct {
 	Held     uint64 `json:"held"`
 	Retained uint64 `json:"retained"`
 	// PCRs are the replayed values after this segment, per PCR and bank, continuing from
-	// the previous segment (hex).
-	PCRs map[string]map[string]string `json:"pcrs"`
+	// the previous segment (hex): {"10":{"sha256":"…"}}. They are kept as the line's raw
+	// JSON and decoded only where used (decodePCRs: the last segment, and each segment as
+	// the chain is read), so loading a long manifest builds no map per line.
+	PCRs json.RawMessage `json:"pcrs"`
 	// BootHash is the marshalled SHA-256 state over this boot's records (their kexec-format
 	// bytes) through the end of this segment, and BootSum its sum: how a later drain
 	// recognises stored records at the head of the kernel's list without re-reading them.
@@ -263,6 +266,8 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 	st := &manifestState{}
 	br := bufio.NewReaderSize(r, 64<<10)
 	var chk manifestChecker
+	ld := newLineDecoder()
+	in := interner{}
 	var long []byte
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -292,12 +297,15 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 			return nil, &TamperError{File: manifestName, Line: len(st.entries) + 1, What: fmt.Sprintf("line longer than %d bytes", maxManifestLine)}
 		}
 		body := line[:len(line)-1]
-		e, err := parseEntry(body, len(st.entries), st.lastHash)
+		e, err := ld.parseEntry(body, len(st.entries), st.lastHash)
 		if err != nil {
 			return nil, err
 		}
 		if err := chk.check(&e); err != nil {
 			return nil, err
+		}
+		if e.Segment != nil {
+			in.segment(e.Segment)
 		}
 		st.entries = append(st.entries, e)
 		st.lastHash = lineHash(body)
@@ -305,15 +313,78 @@ func parseManifest(r io.Reader) (*manifestState, error) {
 	}
 }
 
+// lineDecoder decodes manifest lines, one JSON value per line, strictly (unknown fields
+// refused), with one json.Decoder for all of them: it is fed line by line (lineFeed), so
+// its buffer is reused instead of a decoder and a buffer being made for every line. A
+// decode error ends the manifest's parse, so the decoder's sticky error never matters.
+type lineDecoder struct {
+	feed lineFeed
+	dec  *json.Decoder
+	off  int64 // bytes fed to dec before the current line
+}
+
+func newLineDecoder() *lineDecoder {
+	ld := &lineDecoder{}
+	ld.dec = json.NewDecoder(&ld.feed)
+	ld.dec.DisallowUnknownFields()
+	return ld
+}
+
+// lineFeed yields the current line, then io.EOF until the next line is set.
+type lineFeed struct{ b []byte }
+
+func (l *lineFeed) Read(p []byte) (int, error) {
+	if len(l.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, l.b)
+	l.b = l.b[n:]
+	return n, nil
+}
+
+// interner shares the strings that repeat from segment line to segment line (boot ids,
+// releases, bank lists, enums), so a loaded manifest keeps one copy of each, not one per
+// line.
+type interner struct {
+	strs  map[string]string
+	banks []string // the last segment's KernelBanks
+}
+
+func (in *interner) str(s *string) {
+	if in.strs == nil {
+		in.strs = map[string]string{}
+	}
+	if v, ok := in.strs[*s]; ok {
+		*s = v
+	} else if len(in.strs) < 4096 {
+		in.strs[*s] = *s
+	}
+}
+
+func (in *interner) segment(sg *Segment) {
+	for _, p := range []*string{&sg.Boot.BootID, &sg.Boot.KernelRelease, &sg.IMAHash, (*string)(&sg.Scheme), &sg.ByteOrder, &sg.FlushHtable, (*string)(&sg.Source), (*string)(&sg.Backend)} {
+		in.str(p)
+	}
+	if slices.Equal(sg.KernelBanks, in.banks) {
+		sg.KernelBanks = in.banks
+	} else {
+		in.banks = sg.KernelBanks
+	}
+}
+
 // parseEntry parses line n (from 0) and checks it chains to the line before (prev).
-func parseEntry(line []byte, n int, prev string) (Entry, error) {
+func (ld *lineDecoder) parseEntry(line []byte, n int, prev string) (Entry, error) {
 	var e Entry
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
+	ld.feed.b = line
+	start := ld.off
+	ld.off += int64(len(line))
+	dec := ld.dec
 	if err := dec.Decode(&e); err != nil {
 		return e, &TamperError{File: manifestName, Line: n + 1, What: fmt.Sprintf("not a manifest entry: %v", err)}
 	}
-	if dec.More() {
+	// Everything after the value must be white space (a "}" too would otherwise be left
+	// for the next line).
+	if used := dec.InputOffset() - start; used < 0 || used > int64(len(line)) || len(bytes.Trim(line[used:], " \t\r\n")) != 0 {
 		return e, &TamperError{File: manifestName, Line: n + 1, What: "data after the entry"}
 	}
 	if e.Index != n {
@@ -346,6 +417,13 @@ func parseEntry(line []byte, n int, prev string) (Entry, error) {
 // underflow or index out of range on a crafted manifest: segment numbers, names and sizes,
 // sequence and per-boot positions, and deletion points. It does not prove the records;
 // replay against the TPM does.
+//
+// What it guarantees for the unsigned arithmetic on manifest values: per boot, a segment
+// starts where the boot's stored records end (so BootState.Stored never decreases), and a
+// deletion point is the end of a stored segment (so Deleted <= Stored, and
+// Retained = Stored - Deleted cannot underflow); FirstSeq+Count and FirstIndex+Count do
+// not overflow; a duplicate's [From, To) is ordered and as long as its records; a join's
+// Duplicated <= KernelCarried; the extend scheme is one Scheme.Extend knows.
 type manifestChecker struct {
 	segs     int               // segments so far
 	chainEnd uint64            // end of the in-chain sequence numbers
@@ -375,6 +453,9 @@ func (c *manifestChecker) check(e *Entry) error {
 		}
 		if sg.Boot.BootID == "" || sg.Boot.Generation < 0 {
 			return bad("segment %d: no boot id or a negative generation", sg.Number)
+		}
+		if _, err := sg.Scheme.Extend(); err != nil {
+			return bad("segment %d: %v", sg.Number, err)
 		}
 		if sg.FirstSeq+sg.Count < sg.FirstSeq || sg.Boot.FirstIndex+sg.Count < sg.Boot.FirstIndex {
 			return bad("segment %d: first_seq or first_index overflows", sg.Number)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -60,4 +61,29 @@ func BenchmarkOpenStoreManifest(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(size)/(1<<20), "manifest-MiB")
+}
+
+// BenchmarkStatusManifest is GetStatus (what `imakexec status` does) on the 100,000-line
+// manifest, reporting the heap the loaded store keeps (heap-MiB, after a GC).
+func BenchmarkStatusManifest(b *testing.B) {
+	dir := filepath.Join(b.TempDir(), "store")
+	writeBigManifest(b, dir, 100_000)
+	none := b.TempDir()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		st := GetStatus(Paths{Securityfs: none, Proc: none}, dir, nil, "", nil)
+		if st.Store.Segments != 100_000 || st.Store.Records != 100_000 {
+			b.Fatalf("status: %d segments, %d records (%s)", st.Store.Segments, st.Store.Records, st.Store.Err)
+		}
+	}
+	b.StopTimer()
+	s, err := OpenStore(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MiB")
+	runtime.KeepAlive(s)
 }

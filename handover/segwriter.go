@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
+	"github.com/imakexec/imakexec/internal/storefs"
 	"github.com/imakexec/imakexec/serialize"
 	"golang.org/x/sys/unix"
 )
@@ -25,7 +27,8 @@ type segWriter struct {
 	s     *Store
 	seg   Segment
 	f     *os.File
-	tmp   string
+	dir   *storefs.Dir // segments/, opened below the store's descriptor
+	tmp   string       // the temp file's name in dir
 	bw    *bufio.Writer
 	buf   []byte
 	dg    *serialize.Digester
@@ -69,13 +72,23 @@ func (s *Store) newSegWriter(meta Segment, o segOptions) (*segWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp := filepath.Join(s.dir, segmentsDir, "."+filepath.Base(meta.File)+".tmp")
-	_ = os.Remove(tmp)
-	f, err := openNoFollow(tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, fileMode)
+	if err := s.mustLock(); err != nil {
+		return nil, err
+	}
+	// The temp file is created, renamed and removed relative to segments/'s descriptor,
+	// itself opened from the store's (no symlink followed at any level).
+	dir, err := s.root.Sub(segmentsDir, false, 0)
 	if err != nil {
 		return nil, fmt.Errorf("store: create segment: %w", err)
 	}
-	sw := &segWriter{s: s, seg: meta, f: f, tmp: tmp, bw: bufio.NewWriterSize(f, 1<<20), dg: serialize.NewDigester(), bh: bh,
+	tmp := "." + filepath.Base(meta.File) + ".tmp"
+	_ = dir.Remove(tmp)
+	f, err := dir.Create(tmp, unix.O_RDWR, fileMode)
+	if err != nil {
+		dir.Close()
+		return nil, fmt.Errorf("store: create segment: %w", err)
+	}
+	sw := &segWriter{s: s, seg: meta, f: f, dir: dir, tmp: tmp, bw: bufio.NewWriterSize(f, 1<<20), dg: serialize.NewDigester(), bh: bh,
 		start: o.BootStart, rp: o.Replay, size: serialize.KexecHeaderSize, what: o.What, hook: o.Hook, keep: o.Keep, banks: banks}
 	if sw.rp != nil {
 		sw.pa = sw.rp.Parallel()
@@ -182,13 +195,24 @@ func (sw *segWriter) abort() {
 		sw.f.Close()
 		sw.f = nil
 	}
-	os.Remove(sw.tmp)
+	if sw.dir != nil {
+		_ = sw.dir.Remove(sw.tmp)
+		sw.closeDir()
+	}
+}
+
+func (sw *segWriter) closeDir() {
+	if sw.dir != nil {
+		sw.dir.Close()
+		sw.dir = nil
+	}
 }
 
 // commit finishes the file durably, reads it back, and appends the manifest entry.
 func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	s := sw.s
 	fail := func(err error) (*Segment, error) { sw.abort(); return nil, err }
+	defer sw.closeDir()
 	if sw.pa != nil {
 		if err := sw.pa.Close(); err != nil {
 			return fail(fmt.Errorf("replay %s: %w", sw.what, err))
@@ -207,8 +231,8 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	if err := sw.f.Sync(); err != nil {
 		return fail(fmt.Errorf("store: fsync segment: %w", err))
 	}
-	final := filepath.Join(s.dir, sw.seg.File)
-	if err := os.Rename(sw.tmp, final); err != nil {
+	final := filepath.Base(sw.seg.File)
+	if err := sw.dir.Rename(sw.tmp, sw.dir, final); err != nil {
 		return fail(fmt.Errorf("store: rename segment: %w", err))
 	}
 	// The descriptor stays open for the read-back: opening the file again for reading
@@ -217,8 +241,8 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 	f := sw.f
 	sw.f = nil
 	defer f.Close()
-	if err := syncDir(filepath.Join(s.dir, segmentsDir)); err != nil {
-		os.Remove(final)
+	if err := sw.dir.Sync(); err != nil {
+		_ = sw.dir.Remove(final)
 		return nil, err
 	}
 	if err := sw.step(StepSegmentSynced, sw.count); err != nil {
@@ -242,7 +266,7 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 		}
 	}
 	if err != nil {
-		os.Remove(final)
+		_ = sw.dir.Remove(final)
 		return nil, err
 	}
 	sw.seg.SHA256 = sum
@@ -260,7 +284,8 @@ func (sw *segWriter) commit(held, retained uint64) (*Segment, error) {
 // and checks it holds exactly what was written: the header written, and record bytes that
 // continue the boot hash to the same sum as the bytes written (SHA-256: equal sums mean
 // equal bytes, so re-parsing would add nothing); and that name is that file. It returns
-// the file's SHA-256, and keeps the bytes for DrainResult.Written when asked to.
+// the file's SHA-256, and keeps the bytes for DrainResult.Written when asked to. name is
+// the file's name in segments/ (sw.dir).
 func (sw *segWriter) readBack(f *os.File, name string) (string, error) {
 	fail := func(err error) (string, error) {
 		return "", fmt.Errorf("store: read back segment %s: %w", sw.seg.File, err)
@@ -272,7 +297,8 @@ func (sw *segWriter) readBack(f *os.File, name string) (string, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if ni, err := os.Lstat(name); err != nil || !os.SameFile(fi, ni) {
+	fst, ok := fi.Sys().(*syscall.Stat_t)
+	if nst, err := sw.dir.Lstat(name); err != nil || !ok || uint64(nst.Dev) != uint64(fst.Dev) || uint64(nst.Ino) != uint64(fst.Ino) {
 		return "", bad("the name does not refer to the file written")
 	}
 	if uint64(fi.Size()) != sw.size {

@@ -113,16 +113,19 @@ func GetStatusContext(ctx context.Context, p Paths, storeDir string, t transport
 		return st
 	}
 	st.Store.Exists = true
-	st.Store.Records, st.Store.Segments, st.Store.Bytes = s.Records(), len(s.Segments()), s.Bytes()
+	nsegs, last := s.segmentCount()
+	st.Store.Records, st.Store.Segments, st.Store.Bytes = s.Records(), nsegs, s.Bytes()
 	st.Store.LastDrain = s.LastDrain()
 	st.Store.Binding = s.Header().TPM
 	boots := s.Boots()
 	st.Store.Boots = len(boots)
-	if b := s.Boot(st.BootID); b != nil {
-		st.Store.Retained = b.Retained
+	for _, b := range boots {
+		if b.BootID == st.BootID {
+			st.Store.Retained = b.Retained
+		}
 	}
-	if segs := s.Segments(); len(segs) > 0 {
-		st.Store.FlushHtable = segs[len(segs)-1].FlushHtable
+	if last != nil {
+		st.Store.FlushHtable = last.FlushHtable
 	}
 	if st.ResetCount != nil {
 		m := *st.ResetCount == st.Store.Binding.ResetCount

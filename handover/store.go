@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/imakexec/imakexec/internal/storefs"
 	"github.com/imakexec/imakexec/serialize"
 )
 
@@ -29,8 +30,12 @@ var ErrBindingMismatch = errors.New("store belongs to another TPM power cycle")
 // handover format, and manifest.jsonl, a hash-chained list of entries (see Entry). Readers
 // take a shared flock on DIR/lock (RLock), writers (Drain, Rejoin, Archive) an exclusive one.
 type Store struct {
-	dir     string
-	lockf   *os.File
+	dir   string
+	lockf *os.File
+	// root is the store directory, opened and checked when the exclusive lock was taken:
+	// every write (segments, manifest, archive, cleanup) is made relative to it with the
+	// *at system calls (storefs.Dir), so nothing swapped in after the check is followed.
+	root    *storefs.Dir
 	rlocked bool // shared lock (lockf may be nil for a store never locked)
 	// ctx is the context the lock was taken with: reading the chain (ChainReader) stops
 	// when it is done, so a signal ends a long verify, export or rejoin.
@@ -137,20 +142,34 @@ func (s *Store) Segments() []Segment {
 
 // Records is the number of records in the chain.
 func (s *Store) Records() uint64 {
-	segs := s.ChainSegments()
-	if len(segs) == 0 {
-		return 0
+	for i := len(s.entries) - 1; i >= 0; i-- {
+		if sg := s.entries[i].Segment; sg != nil && sg.InChain() {
+			return sg.End()
+		}
 	}
-	return segs[len(segs)-1].End()
+	return 0
 }
 
 // Bytes is the total size of the segment files.
 func (s *Store) Bytes() int64 {
 	var n int64
-	for _, sg := range s.Segments() {
-		n += sg.Size
+	for _, e := range s.entries {
+		if e.Segment != nil {
+			n += e.Segment.Size
+		}
 	}
 	return n
+}
+
+// segmentCount is the number of segments, duplicates included, and last the last one
+// (nil for none), without copying them (Segments does).
+func (s *Store) segmentCount() (n int, last *Segment) {
+	for _, e := range s.entries {
+		if e.Segment != nil {
+			n, last = n+1, e.Segment
+		}
+	}
+	return n, last
 }
 
 // LastDrain is the time of the last manifest entry (zero for an empty store).
@@ -187,7 +206,7 @@ type BootState struct {
 	// Retained = Stored - Deleted: stored records the kernel still held at the last drain,
 	// at the head of its list. A verifier joining the store with the live list skips them.
 	Retained uint64
-	segs     []Segment
+	segs     []*Segment // this boot's segments, in the store's entries (not copies)
 }
 
 // Boots returns the state of every kernel in the chain, in order.
@@ -205,7 +224,7 @@ func (s *Store) Boots() []BootState {
 				idx[b.BootID] = i
 			}
 			out[i].Stored = b.FirstIndex + e.Segment.Count
-			out[i].segs = append(out[i].segs, *e.Segment)
+			out[i].segs = append(out[i].segs, e.Segment)
 		case e.Deleted != nil:
 			if i, ok := idx[e.Deleted.BootID]; ok {
 				if e.Deleted.Through > out[i].Deleted {
@@ -227,6 +246,20 @@ func (s *Store) Boots() []BootState {
 		out[i].Retained = out[i].Stored - out[i].Deleted
 	}
 	return out
+}
+
+// joined is the one rule of whether the kernel with bootID is part of the store's chain,
+// used by drain (which refuses a boot that is not, ErrNotJoined), export (OpenChain) and
+// the live view (Snapshot): a store with no chain segment yet is joined by any boot (the
+// chain is that kernel's list); otherwise the boot stored records, or rejoin joined it
+// (a join entry, which is all rejoin writes when the new kernel carried and the window
+// added nothing). retained is how many records at the head of its list the store holds
+// already (BootState.Retained; 0 for a boot joined without a segment).
+func (s *Store) joined(bootID string) (retained uint64, ok bool) {
+	if bs := s.Boot(bootID); bs != nil {
+		return bs.Retained, true
+	}
+	return 0, s.knowsBoot(bootID) || len(s.ChainSegments()) == 0
 }
 
 // Boot returns the state of the kernel with this boot id, or nil.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imakexec/imakexec/internal/storefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,11 +44,20 @@ func (s *Store) lock(ctx context.Context, how int, wait bool) error {
 	}
 	var f *os.File
 	var err error
+	var root *storefs.Dir
 	if how == unix.LOCK_EX {
 		if err := checkDir(s.dir, true); err != nil {
 			return fmt.Errorf("store: %w", err)
 		}
-		f, err = openStoreFileFlag(s.dir, lockName, unix.O_RDWR|unix.O_CREAT|unix.O_NONBLOCK, fileMode)
+		if root, err = storefs.OpenDir(s.dir); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		defer func() {
+			if root != nil {
+				root.Close()
+			}
+		}()
+		f, err = root.Open(lockName, unix.O_RDWR|unix.O_CREAT|unix.O_NONBLOCK, fileMode)
 	} else {
 		f, err = openStoreFileFlag(s.dir, lockName, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 		if errors.Is(err, os.ErrNotExist) {
@@ -102,7 +112,8 @@ func (s *Store) lock(ctx context.Context, how int, wait bool) error {
 	if how == unix.LOCK_SH {
 		s.lockf, s.rlocked = f, true
 	} else {
-		s.lockf = f
+		s.lockf, s.root = f, root
+		root = nil
 	}
 	if err := s.load(); err != nil {
 		s.Unlock()
@@ -114,6 +125,10 @@ func (s *Store) lock(ctx context.Context, how int, wait bool) error {
 // Unlock releases the lock (exclusive or shared).
 func (s *Store) Unlock() error {
 	s.rlocked = false
+	if s.root != nil {
+		s.root.Close()
+		s.root = nil
+	}
 	if s.lockf == nil {
 		return nil
 	}
@@ -124,7 +139,7 @@ func (s *Store) Unlock() error {
 
 // mustLock checks the store is locked for writing.
 func (s *Store) mustLock() error {
-	if s.lockf == nil || s.rlocked {
+	if s.lockf == nil || s.rlocked || s.root == nil {
 		return errors.New("store: not locked for writing")
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -38,13 +39,12 @@ func (s *Store) create(tpm TPMBinding, banks []serialize.Bank) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(s.dir, segmentsDir), dirMode); err != nil {
+	segs, err := s.root.Sub(segmentsDir, true, dirMode)
+	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	if err := checkDir(filepath.Join(s.dir, segmentsDir), false); err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(s.dir, manifestName), append(line, '\n')); err != nil {
+	segs.Close()
+	if err := s.root.WriteFileAtomic(manifestName, append(line, '\n'), fileMode); err != nil {
 		return fmt.Errorf("store: write manifest: %w", err)
 	}
 	return s.load()
@@ -72,7 +72,7 @@ func (s *Store) appendEntries(es []Entry, beforeSync func() error) error {
 		last = lineHash(line)
 		buf = append(append(buf, line...), '\n')
 	}
-	f, err := openStoreFileFlag(s.dir, manifestName, unix.O_WRONLY|unix.O_NONBLOCK, 0)
+	f, err := s.root.Open(manifestName, unix.O_WRONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("store: append manifest: %w", err)
 	}
@@ -109,39 +109,48 @@ func (s *Store) Archive(reason string) (string, error) {
 	if err := s.mustLock(); err != nil {
 		return "", err
 	}
-	if err := checkDir(filepath.Join(s.dir, archiveDir), true); err != nil {
+	// Every step is relative to the store's descriptor (mkdirat, renameat), so a symlink
+	// put in place of archive/ or of the new directory is never followed.
+	arch, err := s.root.Sub(archiveDir, true, dirMode)
+	if err != nil {
 		return "", fmt.Errorf("store: archive: %w", err)
 	}
-	name := fmt.Sprintf("%s-%s", time.Now().UTC().Format("20060102T150405Z"), sanitize(reason))
-	dst := filepath.Join(s.dir, archiveDir, name)
+	defer arch.Close()
+	base := fmt.Sprintf("%s-%s", time.Now().UTC().Format("20060102T150405Z"), sanitize(reason))
+	name := base
 	for i := 1; ; i++ {
-		if _, err := os.Lstat(dst); errors.Is(err, os.ErrNotExist) {
+		if _, err := arch.Lstat(name); errors.Is(err, os.ErrNotExist) {
 			break
 		}
-		dst = filepath.Join(s.dir, archiveDir, name+"."+strconv.Itoa(i))
+		name = base + "." + strconv.Itoa(i)
 	}
-	if err := os.Mkdir(dst, dirMode); err != nil {
+	if err := arch.Mkdir(name, dirMode); err != nil {
 		return "", fmt.Errorf("store: archive: %w", err)
 	}
+	dst, err := arch.Sub(name, false, 0)
+	if err != nil {
+		return "", fmt.Errorf("store: archive: %w", err)
+	}
+	defer dst.Close()
 	// Segments first, manifest last: a crash in between leaves no manifest pointing at
 	// missing files in the live store... the live manifest is moved last.
 	for _, n := range []string{segmentsDir, manifestName} {
-		if err := os.Rename(filepath.Join(s.dir, n), filepath.Join(dst, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := s.root.Rename(n, dst, n); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return "", fmt.Errorf("store: archive: %w", err)
 		}
 	}
-	if err := syncDir(dst); err != nil {
+	if err := dst.Sync(); err != nil {
 		return "", err
 	}
 	// archive/ holds the new directory's entry: without this fsync a crash could lose it
 	// with the segments and manifest renamed into it.
-	if err := syncDir(filepath.Join(s.dir, archiveDir)); err != nil {
+	if err := arch.Sync(); err != nil {
 		return "", err
 	}
-	if err := syncDir(s.dir); err != nil {
+	if err := s.root.Sync(); err != nil {
 		return "", err
 	}
-	return dst, s.load()
+	return filepath.Join(s.dir, archiveDir, name), s.load()
 }
 
 // archiveIfOtherCycle is the one cold-boot step of drain and rejoin: a store made in another
@@ -187,7 +196,15 @@ func segmentName(n int) string { return filepath.Join(segmentsDir, fmt.Sprintf("
 // cleanTemp removes temp files a crashed writer left in segments/ and segment files that
 // no manifest entry names (a crash between rename and manifest append).
 func (s *Store) cleanTemp() {
-	ents, err := os.ReadDir(filepath.Join(s.dir, segmentsDir))
+	if s.mustLock() != nil {
+		return
+	}
+	segs, err := s.root.Sub(segmentsDir, false, 0)
+	if err != nil {
+		return
+	}
+	defer segs.Close()
+	ents, err := segs.Names()
 	if err != nil {
 		return
 	}
@@ -196,19 +213,19 @@ func (s *Store) cleanTemp() {
 		known[filepath.Base(sg.File)] = true
 	}
 	next := len(s.Segments()) + 1
-	for _, e := range ents {
-		n := e.Name()
+	for _, n := range ents {
 		switch {
 		case strings.HasPrefix(n, ".") && strings.HasSuffix(n, ".tmp"):
-			os.Remove(filepath.Join(s.dir, segmentsDir, n))
+			_ = segs.Remove(n)
 		case !known[n] && n == filepath.Base(segmentName(next)):
-			os.Remove(filepath.Join(s.dir, segmentsDir, n))
+			_ = segs.Remove(n)
 		}
 	}
 }
 
-// pcrsJSON and decodePCRs convert PCR values to and from the manifest's hex form.
-func pcrsJSON(v serialize.PCRValues) map[string]map[string]string {
+// pcrsJSON and decodePCRs convert PCR values to and from the manifest's hex form,
+// {"10":{"sha1":"…","sha256":"…"}} (encoding/json sorts the keys).
+func pcrsJSON(v serialize.PCRValues) json.RawMessage {
 	out := map[string]map[string]string{}
 	for p, m := range v {
 		k := strconv.Itoa(int(p))
@@ -217,10 +234,20 @@ func pcrsJSON(v serialize.PCRValues) map[string]map[string]string {
 			out[k][b] = hex.EncodeToString(d)
 		}
 	}
-	return out
+	b, err := json.Marshal(out)
+	if err != nil {
+		panic(err) // maps of strings always marshal
+	}
+	return b
 }
 
-func decodePCRs(m map[string]map[string]string) (serialize.PCRValues, error) {
+func decodePCRs(raw json.RawMessage) (serialize.PCRValues, error) {
+	var m map[string]map[string]string
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return nil, fmt.Errorf("PCR values: %w", err)
+		}
+	}
 	out := serialize.PCRValues{}
 	for k, banks := range m {
 		p, err := strconv.ParseUint(k, 10, 32)

@@ -265,6 +265,43 @@ func TestCraftedManifestValues(t *testing.T) {
 			sg.Count = 1 << 40
 			return Entry{Type: EntrySegment, Segment: &sg}
 		}(), "cannot fit"},
+		// A segment that starts the boot again below its stored end would make Stored
+		// shrink under Deleted (Retained = Stored - Deleted would wrap to 2^64-1).
+		{"segment-rewinds-boot", func() Entry {
+			sg := last
+			sg.Number++
+			sg.File = segmentName(sg.Number)
+			sg.FirstSeq = last.End()
+			sg.Boot.FirstIndex = 0
+			return Entry{Type: EntrySegment, Segment: &sg}
+		}(), "its stored records end at"},
+		{"reconstructed-rewinds-boot", func() Entry {
+			sg := last
+			sg.Number++
+			sg.File = segmentName(sg.Number)
+			sg.FirstSeq = last.End()
+			sg.Source = SourceReconstructed
+			sg.Boot.FirstIndex = bs.Stored - 1
+			return Entry{Type: EntrySegment, Segment: &sg}
+		}(), "its stored records end at"},
+		{"duplicate-from-after-to", func() Entry {
+			sg := last
+			sg.Number++
+			sg.File = segmentName(sg.Number)
+			sg.Boot.FirstIndex = bs.Stored
+			sg.Duplicates = &DupRef{BootID: ki.BootID, From: sg.Count + 1, To: 1}
+			return Entry{Type: EntrySegment, Segment: &sg}
+		}(), "repeats records"},
+		{"segment-unknown-scheme", func() Entry {
+			sg := last
+			sg.Number++
+			sg.File = segmentName(sg.Number)
+			sg.FirstSeq = last.End()
+			sg.Boot.FirstIndex = bs.Stored
+			sg.Scheme = "hash2"
+			return Entry{Type: EntrySegment, Segment: &sg}
+		}(), "unknown extend scheme"},
+		{"join-duplicated-over-carried", Entry{Type: EntryJoin, Join: &Join{BootID: "x", Generation: 1, KernelCarried: 1, Duplicated: 2}}, "2 duplicated of 1 carried"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "store")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -183,7 +184,7 @@ func dupSegment(t *testing.T, dir string, sg Segment) {
 	}
 }
 
-func mustPCRs(t *testing.T, m map[string]map[string]string) serialize.PCRValues {
+func mustPCRs(t *testing.T, m json.RawMessage) serialize.PCRValues {
 	v, err := decodePCRs(m)
 	if err != nil {
 		t.Fatal(err)

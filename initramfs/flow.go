@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imakexec/imakexec/internal/kcmdline"
+	"github.com/imakexec/imakexec/internal/storefs"
 )
 
 // KexecOptions configure RunKexec.
@@ -32,6 +33,11 @@ type KexecOptions struct {
 	Trace  func(event string)                   // phase events, for tests and --verbose
 	Now    func() time.Time
 	Limits Limits
+
+	// OpenStore opens the store file rel (with '/') of the store directory dir; default
+	// storefs.OpenFile: openat from the store's descriptor, no symlink followed, no FIFO or
+	// device, owner and mode checked. Tests wrap it to trace the opens.
+	OpenStore func(dir, rel string) (InputFile, error)
 }
 
 // KexecReport is what RunKexec did or, with DryRun, would do.
@@ -70,6 +76,9 @@ func (o *KexecOptions) defaults() {
 		o.Open = func(name string) (InputFile, error) {
 			return os.OpenFile(name, os.O_RDONLY|syscall.O_CLOEXEC, 0)
 		}
+	}
+	if o.OpenStore == nil {
+		o.OpenStore = func(dir, rel string) (InputFile, error) { return storefs.OpenFile(dir, rel) }
 	}
 	if o.Trace == nil {
 		o.Trace = func(string) {}

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/imakexec/imakexec/internal/storefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -171,6 +173,15 @@ func newEnv(t *testing.T) *env {
 		Open: func(name string) (InputFile, error) {
 			tr.add("open:" + filepath.Base(name))
 			f, err := os.Open(name)
+			if err != nil {
+				return nil, err
+			}
+			return loggedFile{f, tr}, nil
+		},
+		// Store files are opened the flow's real way (storefs), traced like the rest.
+		OpenStore: func(dir, rel string) (InputFile, error) {
+			tr.add("open:" + path.Base(rel))
+			f, err := storefs.OpenFile(dir, rel)
 			if err != nil {
 				return nil, err
 			}

@@ -22,7 +22,7 @@ func readStore(o KexecOptions) ([]StoreFile, error) {
 	var out []StoreFile
 	var total int64
 	for _, n := range names {
-		data, err := readInput(o, filepath.Join(o.Store, filepath.FromSlash(n)), defaultMaxStore-total)
+		data, err := readStoreFile(o, n, defaultMaxStore-total)
 		if err != nil {
 			return nil, fmt.Errorf("read store: %w", err)
 		}
@@ -30,6 +30,17 @@ func readStore(o KexecOptions) ([]StoreFile, error) {
 		out = append(out, NewStoreFile(n, data))
 	}
 	return out, nil
+}
+
+// readStoreFile reads the store file rel through KexecOptions.OpenStore (storefs's safe
+// open), at most max bytes.
+func readStoreFile(o KexecOptions, rel string, max int64) ([]byte, error) {
+	f, err := o.OpenStore(o.Store, rel)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readLimited(f, filepath.Join(o.Store, filepath.FromSlash(rel)), max)
 }
 
 // ListStore lists the files of a store directory that a handoff carries: regular files,
@@ -102,7 +113,7 @@ func storeAfterDrain(o KexecOptions, snapshot []StoreFile, dr *Drained, algo str
 		default:
 			name := filepath.Join(o.Store, filepath.FromSlash(f.Name))
 			o.Trace("post-drain-read")
-			data, err := readInput(o, name, defaultMaxStore-total)
+			data, err := readStoreFile(o, f.Name, defaultMaxStore-total)
 			if err != nil {
 				return nil, nil, fmt.Errorf("read store file after drain: %w", err)
 			}

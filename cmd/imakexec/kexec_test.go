@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/imakexec/imakexec/initramfs"
 	"github.com/imakexec/imakexec/internal/kmodel"
 	"github.com/imakexec/imakexec/internal/kmodel/kmodeltest"
+	"github.com/imakexec/imakexec/internal/storefs"
 )
 
 // modelKexec loads into the kernel model what kexec_file_load would get (the bytes behind
@@ -83,6 +85,11 @@ func TestKexecCarriesStoreUnread(t *testing.T) {
 		Open: func(name string) (initramfs.InputFile, error) {
 			tr = append(tr, "open:"+filepath.Base(name))
 			return os.Open(name)
+		},
+		// Store files are opened the flow's real way (storefs), traced like the rest.
+		OpenStore: func(dir, rel string) (initramfs.InputFile, error) {
+			tr = append(tr, "open:"+path.Base(rel))
+			return storefs.OpenFile(dir, rel)
 		},
 	}
 	kx := &modelKexec{k: env.Kernel, tr: &tr}

@@ -185,7 +185,11 @@ func (r *Reader) render(ctx context.Context, want int) (bool, error) {
 				if err != nil {
 					return false, err
 				}
-				r.rend.setScheme(string(sg.Scheme))
+				sc, err := segmentScheme(sg)
+				if err != nil {
+					return false, err
+				}
+				r.rend.setScheme(sc)
 				if err := r.rend.write(rec); err != nil {
 					return false, fmt.Errorf("render record %d: %w", r.next.seq, err)
 				}

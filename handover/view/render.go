@@ -1,6 +1,8 @@
 package view
 
 import (
+	"fmt"
+
 	"github.com/imakexec/imakexec/handover"
 	"github.com/imakexec/imakexec/serialize"
 )
@@ -31,12 +33,16 @@ func newRenderer(f Format) *renderer {
 
 // setScheme sets the extend scheme of the kernel that measured the next records (the
 // digests of banks other than SHA1 follow it).
-func (r *renderer) setScheme(s string) {
-	sc, err := serialize.ParseScheme(s)
+func (r *renderer) setScheme(sc serialize.Scheme) { r.dg.Scheme = sc }
+
+// segmentScheme is the extend scheme a segment's manifest entry records; an unknown one is
+// a tampered manifest and stops the read (never a guessed default).
+func segmentScheme(sg *handover.Segment) (serialize.Scheme, error) {
+	sc, err := sg.Scheme.Extend()
 	if err != nil {
-		sc = serialize.SchemeHash
+		return 0, &handover.TamperError{File: "manifest.jsonl", What: fmt.Sprintf("segment %d: %v", sg.Number, err)}
 	}
-	r.dg.Scheme = sc
+	return sc, nil
 }
 
 // append renders rec after b and returns the extended slice.

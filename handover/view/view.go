@@ -324,8 +324,12 @@ func (v *View) index(c *chain, s *handover.Store, sg handover.Segment) error {
 	}
 	cr := s.SegmentReader(sg)
 	defer cr.Close()
+	sc, err := segmentScheme(&sg)
+	if err != nil {
+		return err
+	}
 	ar := newRenderer(Format{ASCII, serialize.SHA1})
-	ar.setScheme(string(sg.Scheme))
+	ar.setScheme(sc)
 	si := len(c.segs)
 	c.segs = append(c.segs, sg)
 	foff := int64(serialize.KexecHeaderSize)
