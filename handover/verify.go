@@ -139,13 +139,9 @@ func Verify(ctx context.Context, o VerifyOptions) (*Verified, error) {
 		tail serialize.Source
 		live *liveSource
 	)
-	if bs := s.Boot(ki.BootID); bs != nil || !s.Exists() {
+	if skip, joined := s.joined(ki.BootID); joined || !s.Exists() {
 		// Joined already (the kernel's first Retained held records are stored ones), or a
 		// new chain: the live list is streamed.
-		var skip uint64
-		if bs != nil {
-			skip = bs.Retained
-		}
 		live = &liveSource{ctx: ctx, k: k, skip: skip}
 		defer live.Close()
 		tail = live
