@@ -21,6 +21,11 @@ type ASCIIWriter struct {
 	dg    *Digester
 	dig   [64]byte
 	line  []byte
+	flds  []Field // reused by every Write
+	// fmts are the renderings of the fields of template fmtOf (knownFields), looked up
+	// once per template rather than once per field of every record.
+	fmts  []fieldFormat
+	fmtOf string
 	// Recompute: compute digests for the bank instead of trusting Record.Digest.
 	Recompute bool
 }
@@ -43,10 +48,11 @@ func (aw *ASCIIWriter) Write(rec *Record) error {
 		}
 		digest = aw.dig[:aw.bank.Size]
 	}
-	fields, err := ParseFields(rec, aw.order)
+	fields, err := appendFields(aw.flds, rec, aw.order)
 	if err != nil {
 		return err
 	}
+	aw.flds = fields
 	b := aw.line[:0]
 	if rec.PCR < 10 {
 		b = append(b, ' ')
@@ -56,9 +62,16 @@ func (aw *ASCIIWriter) Write(rec *Record) error {
 	b = hex.AppendEncode(b, digest)
 	b = append(b, ' ')
 	b = append(b, rec.Template...)
-	for _, f := range fields {
+	if rec.Template != aw.fmtOf || len(aw.fmts) != len(fields) {
+		aw.fmts = aw.fmts[:0]
+		for _, f := range fields {
+			aw.fmts = append(aw.fmts, knownFields[f.ID])
+		}
+		aw.fmtOf = rec.Template
+	}
+	for i, f := range fields {
 		b = append(b, ' ')
-		b = appendFieldASCII(b, f, aw.order)
+		b = appendFieldASCII(b, f.Data, aw.fmts[i], aw.order)
 	}
 	b = append(b, '\n')
 	aw.line = b
@@ -70,9 +83,8 @@ func (aw *ASCIIWriter) Write(rec *Record) error {
 func (aw *ASCIIWriter) Flush() error { return aw.w.Flush() }
 
 // appendFieldASCII renders one field (ima_template_lib.c ima_show_template_data_ascii).
-func appendFieldASCII(b []byte, f Field, order ByteOrder) []byte {
-	v := f.Data
-	switch knownFields[f.ID] {
+func appendFieldASCII(b []byte, v []byte, format fieldFormat, order ByteOrder) []byte {
+	switch format {
 	case fmtDigestAlgo:
 		if len(v) == 0 {
 			return b

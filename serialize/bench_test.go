@@ -48,3 +48,29 @@ func BenchmarkBinaryRead(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
 }
+
+// BenchmarkASCIIRender reads a binary list and writes its SHA1 ASCII list, per record as
+// the view renders stored records on every read.
+func BenchmarkASCIIRender(b *testing.B) {
+	const n = 100_000
+	list := benchList(b, n)
+	b.SetBytes(int64(len(list)))
+	var out bytes.Buffer
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		out.Reset()
+		br := serialize.NewBinaryReader(bytes.NewReader(list), le, 20)
+		aw := serialize.NewASCIIWriter(&out, le, serialize.SHA1, nil)
+		for {
+			rec, err := br.Next()
+			if err != nil {
+				break
+			}
+			if err := aw.Write(rec); err != nil {
+				b.Fatal(err)
+			}
+		}
+		aw.Flush()
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}

@@ -28,6 +28,8 @@ type BinaryReader struct {
 	hdr        [4]byte
 	// nameLimit is the longest template name accepted.
 	nameLimit int
+	// fieldByField turns readBuffered off (tests compare the two paths).
+	fieldByField bool
 }
 
 // NewBinaryReader reads a binary list with digests of digestSize bytes in the given byte
@@ -98,7 +100,75 @@ func (br *BinaryReader) readN(buf []byte, n int, what string) ([]byte, error) {
 	return buf, nil
 }
 
+// readBuffered is readRecord for a record that lies whole in the reader's buffer and
+// passes every check: it takes the fields from one Peek instead of a read per field. For
+// anything else (a record longer than the buffer, a short input, a value over a limit) it
+// consumes nothing and returns false, and readRecord reads the record field by field and
+// names what is wrong.
+func (br *BinaryReader) readBuffered(rec *Record) bool {
+	ds := br.digestSize
+	fixed := 4 + ds + 4
+	p, err := br.r.Peek(fixed)
+	if err != nil {
+		return false
+	}
+	pcr, nlen := br.order.Uint32(p), br.order.Uint32(p[4+ds:])
+	if pcr >= MaxPCR || nlen == 0 || int64(nlen) > int64(br.nameLimit) {
+		return false
+	}
+	// After the name: a data length (4 bytes), or for `ima` the 20-byte digest and the
+	// event name length. Every Peek asks only for bytes that the field-by-field read would
+	// read too, so a reader on a stream never waits for bytes past the record.
+	lenOff := fixed + int(nlen)
+	if p, err = br.r.Peek(lenOff + 4); err != nil {
+		return false
+	}
+	var dataOff, dataLen int
+	if string(p[fixed:lenOff]) == TemplateIMA {
+		if p, err = br.r.Peek(lenOff + SHA1Size + 4); err != nil {
+			return false
+		}
+		n := br.order.Uint32(p[lenOff+SHA1Size:])
+		if n > MaxEventNameLen {
+			return false
+		}
+		dataOff, dataLen = lenOff, SHA1Size+4+int(n)
+	} else {
+		n := br.order.Uint32(p[lenOff:])
+		if n > MaxTemplateDataLen {
+			return false
+		}
+		dataOff, dataLen = lenOff+4, int(n)
+	}
+	total := dataOff + dataLen
+	if total > br.r.Size() {
+		return false
+	}
+	if p, err = br.r.Peek(total); err != nil {
+		return false
+	}
+	name := p[fixed:lenOff]
+	if checkTemplateName(name) != nil {
+		return false
+	}
+	copy(br.digest, p[4:4+ds])
+	br.name = append(br.name[:0], name...)
+	if string(br.name) != rec.Template {
+		rec.Template = string(br.name)
+	}
+	br.data = append(br.data[:0], p[dataOff:total]...)
+	br.r.Discard(total)
+	br.off += int64(total)
+	rec.PCR = pcr
+	rec.Digest = br.digest
+	rec.Data = br.data
+	return true
+}
+
 func (br *BinaryReader) readRecord(rec *Record) error {
+	if !br.fieldByField && br.readBuffered(rec) {
+		return nil
+	}
 	pcr, err := br.u32("pcr")
 	if err != nil {
 		return err

@@ -71,13 +71,23 @@ const (
 // LookupTemplate finds a template the way the kernel does on restore: by built-in name or
 // by format string, else as a custom format whose field IDs must all be known.
 func LookupTemplate(name string) (Template, error) {
-	for _, t := range builtinTemplates {
-		if t.Name == name || t.Format() == name {
+	for i, t := range builtinTemplates {
+		if t.Name == name || builtinFormats[i] == name {
 			return Template{Name: name, Fields: t.Fields}, nil
 		}
 	}
 	return ParseFormat(name)
 }
+
+// builtinFormats are the format strings of builtinTemplates, computed once: LookupTemplate
+// runs for every record rendered.
+var builtinFormats = func() []string {
+	f := make([]string, len(builtinTemplates))
+	for i, t := range builtinTemplates {
+		f[i] = t.Format()
+	}
+	return f
+}()
 
 // ParseFormat parses a custom format string such as "d-ng|n-ng|sig".
 func ParseFormat(format string) (Template, error) {
@@ -109,18 +119,24 @@ type Field struct {
 // up the data exactly (as ima_restore_template_data requires). For `ima` the fields are
 // the 20-byte digest and the name without NUL.
 func ParseFields(rec *Record, order ByteOrder) ([]Field, error) {
+	return appendFields(nil, rec, order)
+}
+
+// appendFields is ParseFields appending to fields[:0], so that a caller rendering many
+// records reuses one slice.
+func appendFields(fields []Field, rec *Record, order ByteOrder) ([]Field, error) {
 	t, err := LookupTemplate(rec.Template)
 	if err != nil {
 		return nil, err
 	}
+	fields = fields[:0]
 	if rec.Template == TemplateIMA {
 		d, name, err := splitIMAData(rec.Data, order)
 		if err != nil {
 			return nil, err
 		}
-		return []Field{{FieldD, d}, {FieldN, name}}, nil
+		return append(fields, Field{FieldD, d}, Field{FieldN, name}), nil
 	}
-	fields := make([]Field, 0, len(t.Fields))
 	data := rec.Data
 	off := 0
 	for i, id := range t.Fields {
