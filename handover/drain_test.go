@@ -1,6 +1,7 @@
 // This file is long on purpose: it is the drain's behaviour on every kernel profile and
 // backend (workload, crash matrix, busy and suspended kernels, kexec under way) over one
 // shared kernel-model environment; the store's own safety tests are in storesafe_test.go.
+
 package handover
 
 import (

@@ -2,6 +2,7 @@
 // manifest and segment format, every PCR and bank) with the three ways in (verify, rejoin
 // after a kexec, the hook); splitting the table would hide a missing case. The forger that
 // re-derives every derived field is in hostile_forger_test.go.
+
 package handover
 
 import (

@@ -1,5 +1,6 @@
 // This file is long on purpose: it tests the kexec flow's order of operations and every
 // refusal against one traced fake of the steps, and the cases share that fake.
+
 package initramfs
 
 import (

@@ -1,6 +1,7 @@
 // This file is long on purpose: it is the model's one kernel state (lists, counters, the
 // staged list, suspension, the TPM extends) and every operation on it, each citing the 7.2
 // kernel function it mirrors; the securityfs files, kexec and policy are in their own files.
+
 package kmodel
 
 import (
