@@ -156,8 +156,8 @@ func FindBuiltKernel(kind string) (string, error) {
 	name := "bzImage-" + kind
 	var tried []string
 	root, rootErr := RepoRoot()
-	if rootErr == nil {
-		tried = append(tried, filepath.Join(root, "..", "shared", "kernels", name))
+	if d := sharedDir(root, rootErr); d != "" {
+		tried = append(tried, filepath.Join(d, "kernels", name))
 	}
 	tried = append(tried, filepath.Join(CacheDir(), "kernels", name))
 	for _, k := range tried {
@@ -170,6 +170,27 @@ func FindBuiltKernel(kind string) (string, error) {
 			ErrNoKernel, kind, env, strings.Join(tried, ", "), EnvNoFetch, kind)
 	}
 	return runKernelScript(root, "build-kernel.sh", kind)
+}
+
+// EnvShared names the team's shared folder whose kernels/ FindBuiltKernel looks in first
+// (default: ../shared beside the repository root).
+const EnvShared = "IMAKEXEC_SHARED"
+
+// SharedDir is the team's shared folder: $IMAKEXEC_SHARED, else ../shared beside the
+// repository root ("" when the root cannot be found). It may not exist.
+func SharedDir() string {
+	root, err := RepoRoot()
+	return sharedDir(root, err)
+}
+
+func sharedDir(root string, rootErr error) string {
+	if d := os.Getenv(EnvShared); d != "" {
+		return d
+	}
+	if rootErr != nil {
+		return ""
+	}
+	return filepath.Join(root, "..", "shared")
 }
 
 // FindDebian72Kernel returns Debian's own 7.2 cloud kernel (CONFIG_IMA=y, CONFIG_IMA_STAGING

@@ -126,6 +126,7 @@ func TestFindKernelsOfEachKind(t *testing.T) {
 	}
 	t.Setenv(EnvCache, cache)
 	t.Setenv(EnvNoFetch, "1")
+	t.Setenv(EnvShared, t.TempDir()) // a shared folder without kernels
 	if _, err := FindIMAStagingKernel(); !errors.Is(err, ErrNoKernel) || !strings.Contains(err.Error(), "build-kernel.sh "+Kernel72IMAStaging) {
 		t.Errorf("FindIMAStagingKernel in an empty cache: %v", err)
 	}

@@ -25,12 +25,8 @@ func keylimeReplay(t *testing.T) (string, string) {
 	t.Helper()
 	p := os.Getenv("IMAKEXEC_KEYLIME_REPLAY")
 	if p == "" {
-		root, err := testvm.RepoRoot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		shared := filepath.Join(root, "..", "shared")
-		if _, err := os.Stat(shared); err != nil {
+		shared := testvm.SharedDir()
+		if _, err := os.Stat(shared); shared == "" || err != nil {
 			// Keylime's replay is no package: it comes only from the team's shared
 			// folder beside the clone (as on CI) or $IMAKEXEC_KEYLIME_REPLAY. A clone
 			// elsewhere has neither, so this is a skip even under CI; with the folder
