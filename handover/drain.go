@@ -205,6 +205,11 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	if err := d.setup(); err != nil {
 		return nil, err
 	}
+	if len(d.s.ChainSegments()) == 0 {
+		if err := startsPowerCycle(ctx, d.k, o.TPM, d.ki.Scheme()); err != nil {
+			return nil, err
+		}
+	}
 	switch d.res.Backend {
 	case BackendStaged:
 		err = d.drainStaged(ctx)

@@ -702,3 +702,57 @@ func TestDrainOpensNothingForReading(t *testing.T) {
 		})
 	}
 }
+
+// TestDrainRefusesNewChainAfterKexec: one store per host. After a kexec into a kernel that
+// carried nothing (Debian 6.1) or what it copied at load (6.1 with IMA_KEXEC, records
+// after the load lost), a drain into an empty store (another store directory, e.g. the
+// hook's and the units' disagreeing) must not start a chain there: the running list does
+// not replay from zero to the TPM. On 7.2 it must also delete nothing from the kernel. The
+// same drain on the first kernel of a power cycle (a cold boot) starts the chain.
+func TestDrainRefusesNewChainAfterKexec(t *testing.T) {
+	for _, p := range []kmodel.Profile{kmodel.ProfileDebian61, kmodel.Profile61IMAKexec, kmodel.ProfileDebian72} {
+		t.Run(string(p), func(t *testing.T) {
+			e := newKenv(t, kmodel.Config{Profile: p})
+			e.work(10)
+			e.mustDrain(BackendAuto)
+			if err := e.k.KexecLoad([]byte("next kernel"), []byte("next initrd"), kmodel.DefaultCmdline(e.cfg)); err != nil {
+				t.Fatal(err)
+			}
+			e.work(3) // after the load: lost on 6.1 with IMA_KEXEC, never carried on Debian
+			if err := e.k.KexecExecute(); err != nil {
+				t.Fatal(err)
+			}
+			e.work(5)
+			held := len(e.k.List())
+			e.store = filepath.Join(t.TempDir(), "other-store")
+			_, err := e.drain(BackendAuto, nil)
+			if !errors.Is(err, ErrNotChainStart) || !IsNotVerified(err) {
+				t.Fatalf("drain into an empty store after a kexec: %v, want ErrNotChainStart", err)
+			}
+			if n := len(e.k.List()); n != held {
+				t.Fatalf("the refused drain changed the kernel's list: %d records, were %d", n, held)
+			}
+			if s := mustStoreT(t, e.store); len(s.Segments()) != 0 {
+				t.Fatalf("the refused drain stored %d segments", len(s.Segments()))
+			}
+			// A cold boot: the running kernel is the first of the power cycle.
+			if err := e.k.ColdBoot(); err != nil {
+				t.Fatal(err)
+			}
+			e.work(4)
+			if r := e.mustDrain(BackendAuto); r.Stored == 0 {
+				t.Fatalf("drain after the cold boot stored nothing: %+v", r)
+			}
+			e.verify()
+		})
+	}
+}
+
+func mustStoreT(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

@@ -378,11 +378,7 @@ func sameLog(t testing.TB, what string, truth, got []serialize.Record, n uint64)
 }
 
 // notVerifiedErr reports the errors the CLI maps to exit 1 (rejoinExit, notVerified).
-func notVerifiedErr(err error) bool {
-	var je *JoinError
-	return errors.As(err, &je) || errors.Is(err, ErrNotVerified) || errors.Is(err, ErrTampered) ||
-		errors.Is(err, ErrStoreMismatch) || errors.Is(err, ErrGap)
-}
+func notVerifiedErr(err error) bool { return IsNotVerified(err) }
 
 // runHostile applies every case to a copy of the pristine store and runs check on it.
 func runHostile(t *testing.T, e *kenv, pristine string, check func(t *testing.T, c hostileCase)) {

@@ -292,6 +292,8 @@ type liveSource struct {
 	f    *os.File
 	src  *serialize.BinaryReader
 	done bool
+	// staged: src reads the staged list
+	staged bool
 }
 
 func (l *liveSource) Next() (*serialize.Record, error) {
@@ -319,10 +321,11 @@ func (l *liveSource) Next() (*serialize.Record, error) {
 				f.Close()
 				return nil, err
 			}
-			l.f, l.src = f, src
+			l.f, l.src, l.staged = f, src, name == l.k.Staged
 		}
 		rec, err := l.src.Next()
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) || (l.staged && errors.Is(err, os.ErrNotExist)) {
+			// (RFC v1 staged files fail a read with ENOENT while nothing is staged.)
 			l.Close()
 			continue
 		}

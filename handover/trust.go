@@ -1,6 +1,7 @@
 package handover
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -327,3 +328,41 @@ func (p *prover) rest(src serialize.Source) (int, error) {
 type emptySource struct{}
 
 func (emptySource) Next() (*serialize.Record, error) { return nil, io.EOF }
+
+// ErrNotChainStart: a store without a chain would start one with the running kernel's list,
+// but that list, replayed from zero, is not the log of this TPM power cycle.
+var ErrNotChainStart = errors.New("the running kernel's list is not the whole log of this TPM power cycle")
+
+// startsPowerCycle proves, before a drain starts a new chain (an empty store, or one left
+// with its header only), that the running kernel's list replayed from zero is the log of
+// this TPM power cycle: some prefix of it equals the TPM's PCRs, read before the list, in
+// every compared bank. After a kexec into a kernel that carried nothing (or a prefix), the
+// TPM holds the earlier kernels' records too, and a chain started here could never verify;
+// on 7.2 the drain would also delete from the kernel records that the store holding the
+// earlier ones needs. The drain refuses instead (one store per host).
+func startsPowerCycle(ctx context.Context, k *Kernel, t transport.TPM, scheme serialize.Scheme) error {
+	e, err := tpmExpectation(t, []uint32{10})
+	if err != nil {
+		return err
+	}
+	if err := e.empty(); err != nil {
+		return err
+	}
+	r, err := e.newReplayer(scheme, nil)
+	if err != nil {
+		return err
+	}
+	pr, err := newProver(r, e, nil)
+	if err != nil {
+		return err
+	}
+	src := &liveSource{ctx: ctx, k: k}
+	defer src.Close()
+	if _, err := pr.until(src); err != nil {
+		if !isReplayFailure(err) && !errors.Is(err, ErrUncovered) {
+			return err
+		}
+		return fmt.Errorf("%w: it does not replay from zero to the TPM's PCRs (%v): the power cycle began before this kernel (a kexec), and its earlier records are in another store or were lost; drain starts no chain that cannot verify (run imakexec rejoin with the store that holds them: --store)", ErrNotChainStart, err)
+	}
+	return nil
+}

@@ -262,3 +262,13 @@ func imaPCRs(s *Store) []uint32 {
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
+
+// IsNotVerified reports whether err says the log does not verify (as opposed to what kept
+// a check from running): a proof that failed, a tampered or mismatching store, a gap, a
+// join no candidate proves, or a new chain that is not the power cycle's whole log. The
+// CLI maps these to exit 1.
+func IsNotVerified(err error) bool {
+	var je *JoinError
+	return errors.As(err, &je) || errors.Is(err, ErrNotVerified) || errors.Is(err, ErrTampered) ||
+		errors.Is(err, ErrStoreMismatch) || errors.Is(err, ErrGap) || errors.Is(err, ErrNotChainStart)
+}

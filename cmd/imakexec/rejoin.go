@@ -93,9 +93,7 @@ func (c *rejoinCmd) Run(ctx context.Context, env *Env, args []string) error {
 
 // rejoinExit maps "does not verify" causes to exit 1.
 func rejoinExit(err error) error {
-	var je *handover.JoinError
-	if errors.As(err, &je) || errors.Is(err, handover.ErrNotVerified) || errors.Is(err, handover.ErrTampered) ||
-		errors.Is(err, handover.ErrStoreMismatch) || errors.Is(err, handover.ErrGap) {
+	if handover.IsNotVerified(err) {
 		return notVerified(err)
 	}
 	return err
