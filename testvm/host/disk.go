@@ -54,7 +54,9 @@ var (
 // buildDeb runs `make deb` once per test binary and returns the package.
 func buildDeb(root string) (string, error) {
 	debOnce.Do(func() {
-		out, err := run(root, "make", "deb")
+		// --no-print-directory: under `make test` the sub-make would end its output with
+		// "make[1]: Leaving directory ...", not the package's path.
+		out, err := run(root, "make", "--no-print-directory", "deb")
 		if err != nil {
 			debErr = fmt.Errorf("make deb: %v\n%s", err, out)
 			return
