@@ -46,7 +46,8 @@ type serveDrainResult struct {
 // Keylime's agent does, while drains delete records from the kernel's list; it polls by
 // entry number, and every poll's entries, replayed from its saved state, equal PCR 10 as
 // the guest reads it from sysfs in sha1 and sha256; the drains succeed (the control: a
-// reader holding the kernel's own list makes a writer's open fail with EBUSY). Then
+// reader holding the kernel's own list makes a writer's open fail with EBUSY for the 2 s
+// it retries, while one holding the view lets it in). Then
 // imakexec kexec into the same kernel; after the hook's rejoin serve starts again, the
 // agent reopens and continues from the entry number it had (numbering is global since the
 // TPM reset), the first entries of the new view are the ones it already had, and polls

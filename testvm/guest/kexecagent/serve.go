@@ -143,12 +143,15 @@ func (a *agent) serveAgent() {
 // start runs `imakexec serve` and waits for its files to appear.
 func (s *serveAgent) start() {
 	g := s.a.g
+	dev := "devtmpfs"
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		// devtmpfs makes the node when FUSE is built in; make it if it is not there.
 		if err := unix.Mknod("/dev/fuse", unix.S_IFCHR|0o666, int(unix.Mkdev(10, 229))); err != nil {
 			g.Fatalf("serve agent: mknod /dev/fuse: %v", err)
 		}
+		dev = "mknod"
 	}
+	g.Mark("serve fuse-device gen=%d from=%s", s.a.cfg.Generation, dev)
 	cmd := exec.Command(s.a.imk, "-v", "serve", "--mount", ViewDir, "--store", s.a.cfg.Store)
 	cmd.Args[0] = "imakexec"
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
@@ -389,14 +392,23 @@ func (s *serveAgent) send() {
 }
 
 // openWriter opens the kernel's binary list for writing, as a delete-n drain does, and
-// closes it without writing; it returns the open's error ("" when it opened).
+// closes it without writing; it returns the open's error ("" when it opened). Like the
+// drain (Kernel.retryBusy) it retries EBUSY, here for 2 s: serve's own reads open the
+// kernel's files for a moment (at start it counts the records), and a writer's open that
+// meets one of them is refused once.
 func openWriter() string {
-	f, err := os.OpenFile(filepath.Join(guestlib.IMADir, "binary_runtime_measurements"), os.O_WRONLY, 0)
-	if err != nil {
-		return err.Error()
+	t := time.Now()
+	for {
+		f, err := os.OpenFile(filepath.Join(guestlib.IMADir, "binary_runtime_measurements"), os.O_WRONLY, 0)
+		if err == nil {
+			f.Close()
+			return ""
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Since(t) > 2*time.Second {
+			return err.Error()
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	f.Close()
-	return ""
 }
 
 // control shows what the drain assertions stand on: an agent holding the kernel's own
