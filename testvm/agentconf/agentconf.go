@@ -56,6 +56,10 @@ type Config struct {
 	DryRun bool `json:"dry_run,omitempty"`
 	// DrainFinal: drain in the last generation too (before verify).
 	DrainFinal bool `json:"drain_final"`
+	// ServeAgent: instead of the plain workload, run an agent-like reader of
+	// `imakexec serve`'s view (testvm/guest/kexecagent/serve.go): it keeps its descriptor
+	// while drains run, polls by entry number and replays each poll against the TPM.
+	ServeAgent bool `json:"serve_agent,omitempty"`
 }
 
 // Last reports whether this generation does not kexec any more.

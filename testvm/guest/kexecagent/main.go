@@ -42,6 +42,8 @@ type agent struct {
 	imk string // the imakexec executable
 	me  string // this program
 	has map[string]bool
+	// initrdFiles are extra --file SRC:DST of the next generation's initramfs.
+	initrdFiles []string
 }
 
 func main() {
@@ -164,6 +166,10 @@ func (a *agent) run() {
 	// 2. Policy and workload.
 	if err := guestlib.WritePolicy(guestlib.IMADir, cfg.Policy); err != nil {
 		a.g.Fatalf("%v", err)
+	}
+	if cfg.ServeAgent {
+		a.serveAgent()
+		return
 	}
 	a.workload("a")
 	if cfg.Violations {
@@ -322,6 +328,9 @@ func (a *agent) kexec() {
 		args = append(args, "--self", a.imk, "--init", "/init", "--file", a.me+":bin/agent", "--next", "/bin/agent")
 	default:
 		args = append(args, "--self", a.imk, "--file", a.me+":bin/agent", "--next", "/bin/agent")
+	}
+	for _, f := range a.initrdFiles {
+		args = append(args, "--file", f)
 	}
 	_, d := a.must("initramfs", args...)
 	a.timeMark("build-initrd", d)
