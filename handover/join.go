@@ -191,6 +191,8 @@ type JoinError struct {
 	Reason     string
 	Candidates int
 	Err        error // the replay error of the most plausible candidate
+	// Overflow is set when the old kernel's list outgrew the kexec segment sized at load.
+	Overflow *SegmentOverflow
 }
 
 func (e *JoinError) Error() string {
@@ -432,6 +434,15 @@ func planJoin(s *Store, live []serialize.Record, chainState serialize.PCRValues,
 			p.dup = uint64(len(held))
 			p.dupRef = DupRef{BootID: p.prev.BootID, From: from, To: p.prev.Stored}
 		} else if len(held) > 0 {
+			if sameRecords(live[:min(p.carried, uint64(len(held)))], held[:min(p.carried, uint64(len(held)))]) {
+				o, err := segmentOverflow(s, p.prev.BootID, live[:p.carried], held, true)
+				if err != nil {
+					return nil, err
+				}
+				if o != nil {
+					return nil, &JoinError{Reason: o.String(), Overflow: o}
+				}
+			}
 			return nil, &JoinError{Reason: fmt.Sprintf("the new kernel's list starts with %d carried records that do not continue the %d records the old kernel held at its last drain (boot %s): the old kernel's list changed after the drain, or the store is not this machine's", p.carried, len(held), p.prev.BootID)}
 		}
 	}
@@ -487,7 +498,17 @@ func planJoin(s *Store, live []serialize.Record, chainState serialize.PCRValues,
 		p.bootAggSeq = p.chainLen + uint64(len(p.windowCarried)+len(c.recs))
 		return p, nil
 	}
-	return nil, &JoinError{Reason: p.diagnose(w, len(rest)), Candidates: p.candidates, Err: firstErr}
+	je := &JoinError{Reason: p.diagnose(w, len(rest)), Candidates: p.candidates, Err: firstErr}
+	if p.prev != nil && p.carried > 0 {
+		o, err := segmentOverflow(s, p.prev.BootID, live[:p.carried], held, true)
+		if err != nil {
+			return nil, err
+		}
+		if o != nil {
+			je.Reason, je.Overflow = o.String(), o
+		}
+	}
+	return nil, je
 }
 
 // diagnose names the most likely cause when no join replays.
