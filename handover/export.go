@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/imakexec/imakexec/serialize"
 )
@@ -33,7 +32,7 @@ type ChainOptions struct {
 type Chain struct {
 	store *Store
 	cr    *ChainReader
-	live  *liveReader
+	live  *liveSource
 	seq   uint64
 	k     *Kernel
 	skip  uint64
@@ -100,7 +99,7 @@ func (c *Chain) Next() (*serialize.Record, error) {
 		if c.k == nil {
 			return nil, io.EOF
 		}
-		c.live = &liveReader{ctx: c.ctx, k: c.k, skip: c.skip}
+		c.live = &liveSource{ctx: c.ctx, k: c.k, skip: c.skip, gapIsError: true}
 	}
 	rec, err := c.live.Next()
 	if err != nil {
@@ -113,77 +112,9 @@ func (c *Chain) Next() (*serialize.Record, error) {
 // Close releases open files and the store's lock.
 func (c *Chain) Close() error {
 	err := c.cr.Close()
-	if c.live != nil {
-		c.live.close()
-	}
+	c.live.Close()
 	c.store.Unlock()
 	return err
-}
-
-// liveReader streams the running kernel's held records (staged list, then the current
-// list, as readLive orders them) after the first skip, which the store holds already.
-type liveReader struct {
-	ctx   context.Context
-	k     *Kernel
-	skip  uint64
-	held  uint64
-	files []string
-	f     *os.File
-	src   serialize.Source
-	done  bool
-}
-
-func (l *liveReader) Next() (*serialize.Record, error) {
-	if l.files == nil && !l.done {
-		for _, n := range []string{l.k.Staged, l.k.List} {
-			if n != "" {
-				l.files = append(l.files, n)
-			}
-		}
-	}
-	for {
-		if l.src == nil {
-			if len(l.files) == 0 {
-				if !l.done && l.held < l.skip {
-					l.done = true
-					return nil, fmt.Errorf("%w: the kernel holds %d records, fewer than the %d stored ones it held at the last drain", ErrGap, l.held, l.skip)
-				}
-				l.done = true
-				return nil, io.EOF
-			}
-			name := l.files[0]
-			l.files = l.files[1:]
-			f, err := l.k.openKernel(l.ctx, name, os.O_RDONLY)
-			if err != nil {
-				return nil, fmt.Errorf("read %s: %w", name, err)
-			}
-			src, err := listReader(f)
-			if err != nil {
-				f.Close()
-				return nil, err
-			}
-			l.f, l.src = f, src
-		}
-		rec, err := l.src.Next()
-		if errors.Is(err, io.EOF) {
-			l.close()
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", l.f.Name(), err)
-		}
-		l.held++
-		if l.held > l.skip {
-			return rec, nil
-		}
-	}
-}
-
-func (l *liveReader) close() {
-	if l.f != nil {
-		l.f.Close()
-	}
-	l.f, l.src = nil, nil
 }
 
 // ExportOptions configures Export.

@@ -296,6 +296,9 @@ type liveSource struct {
 	done bool
 	// staged: src reads the staged list
 	staged bool
+	// gapIsError: at the end, a kernel that holds fewer than skip records is the error
+	// gap() names, instead of io.EOF (for readers that cannot check gap themselves).
+	gapIsError bool
 }
 
 func (l *liveSource) Next() (*serialize.Record, error) {
@@ -307,6 +310,9 @@ func (l *liveSource) Next() (*serialize.Record, error) {
 			names := []string{l.k.Staged, l.k.List}
 			if l.next >= len(names) {
 				l.done = true
+				if err := l.gap(); err != nil && l.gapIsError {
+					return nil, err
+				}
 				continue
 			}
 			name := names[l.next]
