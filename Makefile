@@ -6,7 +6,7 @@ BIN       := bin/imakexec
 STATICCHECK_VERSION := v0.8.2
 export GOTOOLCHAIN := local
 
-.PHONY: all build deps test test-unit bench fuzz lint demo clean install deb man
+.PHONY: all build deps test test-unit bench bench-host fuzz lint demo clean install deb man
 
 all: build
 
@@ -80,6 +80,11 @@ bench: deps build
 	$(GO) test -run '^$$' -bench 'DrainCLI' -benchtime 1x ./cmd/imakexec
 	$(GO) test -run '^$$' -bench 'View|ServeCLI' -benchtime 3x ./handover/view/
 	$(GO) run ./internal/cmd/benchcmp -imakexec $(BIN) -dir out/bench
+
+# The round trip of a clean systemctl kexec with and without imakexec in the same systemd
+# host VM (QEMU under TCG, several minutes).
+bench-host: deps
+	IMAKEXEC_HOST_BASELINE=1 $(GO) test -count=1 -v -timeout 40m -run '^TestSystemdHostTCB$$' ./testvm/host
 
 # Each fuzzer for FUZZTIME (new inputs are minimized for at most a second).
 FUZZTIME ?= 30s
