@@ -20,6 +20,7 @@ type drainJSON struct {
 	Stored    uint64 `json:"stored"`
 	Deleted   uint64 `json:"deleted"`
 	Suspended bool   `json:"suspended"`
+	Note      string `json:"note"`
 }
 
 // checkDrains asserts every generation's periodic drain used backend and deleted what it
@@ -106,6 +107,16 @@ func TestVMDebian72FlushHTable(t *testing.T) {
 	sc.Append = "ima_flush_htable"
 	run := execute(t, sc)
 	checkDrains(t, run, "snapshot")
+	// The drain says why it did not delete (the kernel refuses N under ima_flush_htable).
+	for _, g := range run.Gens {
+		var d drainJSON
+		if b, ok := g.Blobs["drain.json"]; ok && json.Unmarshal(b, &d) == nil {
+			t.Logf("gen %d drain note: %s", g.N, d.Note)
+			if !strings.Contains(d.Note, "ima_flush_htable is set") || !strings.Contains(d.Note, "does not use delete-n") {
+				t.Errorf("gen %d: the drain does not say why delete-n was not used: note %q", g.N, d.Note)
+			}
+		}
+	}
 	j := hostJoin(t, run)
 	checkLeadCommands(t, run, j)
 }
