@@ -129,6 +129,9 @@ type DrainResult struct {
 	// Written holds the bytes the drain wrote, with DrainOptions.KeepWritten; nil when
 	// they exceeded it.
 	Written *Written
+	// Note says why the backend is not the one the kernel's files suggest (ima_flush_htable
+	// makes a writable list refuse N); "" otherwise.
+	Note string
 }
 
 // Drain moves the kernel's measurement records into the store: read, persist (fsync, read
@@ -162,6 +165,7 @@ func Drain(ctx context.Context, o DrainOptions) (*DrainResult, error) {
 	if d.res.Backend, err = d.k.Choose(o.Backend, d.ki); err != nil {
 		return nil, err
 	}
+	d.res.Note = backendNote(d.k, d.ki, d.res.Backend)
 	reset, restart, err := ReadClock(o.TPM)
 	if err != nil {
 		return nil, err
@@ -338,6 +342,9 @@ func (r *DrainResult) String() string {
 	}
 	if r.Suspended {
 		b.WriteString("; measurement suspended (reboot or kexec under way): nothing more deleted, the kernel still holds the rest; rejoin finds what the next kernel shows")
+	}
+	if r.Note != "" {
+		b.WriteString("; " + r.Note)
 	}
 	if r.Archived != "" {
 		fmt.Fprintf(&b, "; archived the store of an earlier power cycle to %s", r.Archived)

@@ -113,6 +113,19 @@ func (k *Kernel) Backends(ki KernelInfo) []Backend {
 	return append(out, BackendSnapshot)
 }
 
+// DeleteNDeclined says why delete-n is not offered although the list file is writable
+// (""  when it is offered, or the kernel has no N): a kernel booted with ima_flush_htable
+// refuses N with EINVAL ("Deleting staged N measurements not supported when flushing the
+// hash table is requested", _ima_measurements_write, 7.2). Under CONFIG_IMA_DISABLE_HTABLE
+// the kernel ignores the parameter and would accept N; imakexec cannot see that option
+// and stays on the safe side (a snapshot deletes nothing).
+func (k *Kernel) DeleteNDeclined(ki KernelInfo) string {
+	if k.ListWritable && ki.FlushHtable() == "on" {
+		return "ima_flush_htable is set: the kernel refuses N (EINVAL: it does not delete some records while it flushes its hash table), so imakexec does not use delete-n"
+	}
+	return ""
+}
+
 // Choose resolves "auto" (or "") to the best backend and checks that a named one exists.
 func (k *Kernel) Choose(name Backend, ki KernelInfo) (Backend, error) {
 	avail := k.Backends(ki)
@@ -132,6 +145,9 @@ func (k *Kernel) Choose(name Backend, ki KernelInfo) (Backend, error) {
 	names := make([]string, len(avail))
 	for i, a := range avail {
 		names[i] = string(a)
+	}
+	if why := k.DeleteNDeclined(ki); why != "" && name == BackendDeleteN {
+		return "", fmt.Errorf("%w: %s: %s (this kernel offers %s)", ErrBackend, name, why, strings.Join(names, ", "))
 	}
 	return "", fmt.Errorf("%w: %s (this kernel offers %s)", ErrBackend, name, strings.Join(names, ", "))
 }
@@ -222,4 +238,16 @@ func (k *Kernel) readTrimCount(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("read ima_trim_log: %q is not a count", strings.TrimSpace(string(b)))
 	}
 	return uint64(t), nil
+}
+
+// backendNote explains a backend chosen below delete-n because the kernel refuses N.
+func backendNote(k *Kernel, ki KernelInfo, chosen Backend) string {
+	why := k.DeleteNDeclined(ki)
+	if why == "" || chosen == BackendStaged {
+		return ""
+	}
+	if chosen == BackendSnapshot {
+		return why + ": snapshot (nothing is deleted; the kernel keeps its whole list)"
+	}
+	return why + ": " + string(chosen)
 }

@@ -38,8 +38,13 @@ func (o *SegmentOverflow) String() string {
 		s = fmt.Sprintf("the old kernel's list (at least %d bytes at execute) outgrew the kexec segment sized at load (%d bytes): it carried only %d of its records (%d bytes), of %d it held at the last drain",
 			o.ListBytes, o.SegmentSize, o.Carried, o.CarriedB, o.Held)
 	} else {
-		s = fmt.Sprintf("the old kernel's list (more than %d bytes at execute) outgrew the kexec segment sized at load (%d bytes): it carried only %d of its records (%d bytes, within %d bytes of the segment's end, where the kernel cuts the record that does not fit)",
-			o.SegmentSize, o.SegmentSize, o.Carried, o.CarriedB, o.SegmentSize-o.CarriedB)
+		s = fmt.Sprintf("the old kernel's list (more than %d bytes at execute) outgrew the kexec segment sized at load (%d bytes): it carried only %d of its records (%d bytes",
+			o.SegmentSize, o.SegmentSize, o.Carried, o.CarriedB)
+		if o.CarriedB == o.SegmentSize {
+			s += ", filling the segment exactly: the next record did not fit)"
+		} else {
+			s += fmt.Sprintf(", within %d bytes of the segment's end, where the kernel cuts the record that does not fit)", o.SegmentSize-o.CarriedB)
+		}
 	}
 	s += "; the records after them (the kexec_execute record too) are in the TPM but in no list"
 	return s + "; raise CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB, or on 7.2 drain (and delete) right before the jump"

@@ -79,6 +79,17 @@ func LookupTemplate(name string) (Template, error) {
 	return ParseFormat(name)
 }
 
+// IsBuiltinName reports whether name is a built-in template's name (what ima_template=
+// selects); anything else is a format (ima_template_fmt=, ima_template.c).
+func IsBuiltinName(name string) bool {
+	for _, t := range builtinTemplates {
+		if t.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // builtinFormats are the format strings of builtinTemplates, computed once: LookupTemplate
 // runs for every record rendered.
 var builtinFormats = func() []string {

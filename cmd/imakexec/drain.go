@@ -80,12 +80,13 @@ type drainOut struct {
 	Segments   []int                        `json:"segments"`
 	Chain      uint64                       `json:"chain_records"`
 	PCRs       map[string]map[string]string `json:"pcrs"`
+	Note       string                       `json:"note,omitempty"`
 }
 
 func drainJSON(r *handover.DrainResult) drainOut {
 	o := drainOut{Backend: string(r.Backend), Store: r.StoreDir, Archived: r.Archived, BootID: r.BootID, Generation: r.Generation,
 		Held: r.Held, Retained: r.Retained, Stored: r.Stored, Deleted: r.Deleted, Resolved: r.Resolved, Suspended: r.Suspended,
-		Segments: []int{}, Chain: r.Chain, PCRs: pcrJSON(r.PCRs)}
+		Segments: []int{}, Chain: r.Chain, PCRs: pcrJSON(r.PCRs), Note: r.Note}
 	for _, s := range r.Segments {
 		o.Segments = append(o.Segments, s.Number)
 	}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/imakexec/imakexec/serialize"
 )
 
 // The model has no procfs of its own. With Config.Proc set, the kernel keeps the few
@@ -28,7 +30,13 @@ func DefaultCmdline(cfg Config) string {
 	if err != nil {
 		c = cfg
 	}
-	s := fmt.Sprintf("console=ttyS0 ima_template=%s ima_hash=%s", c.Template, c.Hash)
+	// A built-in template is chosen by name (ima_template=), a custom one by its format
+	// (ima_template_fmt=; ima_template_setup, ima_template_fmt_setup, 7.2).
+	param := "ima_template"
+	if !serialize.IsBuiltinName(c.Template) {
+		param = "ima_template_fmt"
+	}
+	s := fmt.Sprintf("console=ttyS0 %s=%s ima_hash=%s", param, c.Template, c.Hash)
 	if c.FlushHTable {
 		s += " ima_flush_htable"
 	}

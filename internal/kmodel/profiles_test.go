@@ -317,3 +317,20 @@ func (m *memFile) Seek(off int64, whence int) (int64, error) {
 	m.off = off
 	return off, nil
 }
+
+// TestDefaultCmdlineTemplateParam: a built-in template is chosen with ima_template=, a
+// custom format with ima_template_fmt= (ima_template_setup accepts names only and falls
+// back to the default template for anything else; ima_template_fmt_setup, 7.2).
+func TestDefaultCmdlineTemplateParam(t *testing.T) {
+	for tmpl, want := range map[string]string{
+		"ima-ng":      " ima_template=ima-ng ",
+		"ima-sigv2":   " ima_template=ima-sigv2 ",
+		"d-ngv2|n-ng": " ima_template_fmt=d-ngv2|n-ng ",
+		"d-ng|n-ng":   " ima_template_fmt=d-ng|n-ng ",
+	} {
+		got := kmodel.DefaultCmdline(kmodel.Config{Profile: kmodel.Profile72, Template: tmpl})
+		if !strings.Contains(got, want) {
+			t.Errorf("template %q: cmdline %q lacks %q", tmpl, got, want)
+		}
+	}
+}
