@@ -2,7 +2,6 @@ package handover
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
@@ -35,22 +34,7 @@ func newKenv(t testing.TB, cfg kmodel.Config) *kenv {
 // work measures n new files (and now and then a violation) in the model kernel.
 func (e *kenv) work(n int) {
 	e.t.Helper()
-	for i := 0; i < n; i++ {
-		e.files++
-		p := fmt.Sprintf("/usr/bin/tool-%d", e.files)
-		var err error
-		switch {
-		case e.files%97 == 0:
-			_, err = e.k.Violation(p)
-		case e.files%2 == 0:
-			_, err = e.k.Exec(p, []byte(p))
-		default:
-			_, err = e.k.Read(p, []byte(p+"x"))
-		}
-		if err != nil {
-			e.t.Fatalf("measure %s: %v", p, err)
-		}
-	}
+	kmodeltest.Work(e.t, e.k, &e.files, n, 97)
 }
 
 func (e *kenv) drain(backend Backend, hook func(Step, uint64) error) (*DrainResult, error) {

@@ -59,22 +59,7 @@ func (e *env) serve() {
 // work measures n new files, with now and then a violation.
 func (e *env) work(n int) {
 	e.t.Helper()
-	for i := 0; i < n; i++ {
-		e.files++
-		p := fmt.Sprintf("/usr/bin/tool-%d", e.files)
-		var err error
-		switch {
-		case e.files%41 == 0:
-			_, err = e.k.Violation(p)
-		case e.files%2 == 0:
-			_, err = e.k.Exec(p, []byte(p))
-		default:
-			_, err = e.k.Read(p, []byte(p+"x"))
-		}
-		if err != nil {
-			e.t.Fatalf("measure %s: %v", p, err)
-		}
-	}
+	kmodeltest.Work(e.t, e.k, &e.files, n, 41)
 }
 
 func (e *env) drain(backend handover.Backend) *handover.DrainResult {

@@ -3,6 +3,7 @@
 package kmodeltest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,4 +110,26 @@ func Mount(t testing.TB, cfg kmodel.Config) *Env {
 	}
 	t.Cleanup(func() { ts.Close() })
 	return &Env{Kernel: k, Securityfs: mnt, IMADir: filepath.Join(mnt, "integrity", "ima"), TPMSocket: sock, TPM: k.TPM(), Proc: cfg.Proc}
+}
+
+// Work measures n new files in k, numbered after *files (which it advances): executed and
+// read files in turn, and a violation every violationEvery-th file (0: none).
+func Work(t testing.TB, k *kmodel.Kernel, files *int, n, violationEvery int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		*files++
+		p := fmt.Sprintf("/usr/bin/tool-%d", *files)
+		var err error
+		switch {
+		case violationEvery > 0 && *files%violationEvery == 0:
+			_, err = k.Violation(p)
+		case *files%2 == 0:
+			_, err = k.Exec(p, []byte(p))
+		default:
+			_, err = k.Read(p, []byte(p+"x"))
+		}
+		if err != nil {
+			t.Fatalf("measure %s: %v", p, err)
+		}
+	}
 }
