@@ -146,7 +146,7 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		out.Mode = syscall.S_IFLNK | 0o777
 		return r.NewInode(ctx, &fs.MemSymlink{Data: []byte(name + "_sha1")}, fs.StableAttr{Mode: syscall.S_IFLNK, Ino: inoOf(name)}), 0
 	case countName:
-		n := &countFile{v: r.v, gid: r.gid}
+		n := &countFile{viewNode{v: r.v, gid: r.gid}}
 		n.attr(&out.Attr)
 		return r.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: inoOf(name)}), 0
 	}
@@ -163,7 +163,7 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if !found {
 		return nil, syscall.ENOENT
 	}
-	n := &listFile{v: r.v, f: f, gid: r.gid}
+	n := &listFile{viewNode: viewNode{v: r.v, gid: r.gid}, f: f}
 	n.attr(&out.Attr)
 	return r.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: inoOf(name)}), 0
 }
@@ -182,25 +182,31 @@ func readOnly(flags uint32) syscall.Errno {
 	return 0
 }
 
-// listFile is one list file.
-type listFile struct {
+// viewNode is what the view's files share: the view, the group that may read them, and
+// their attributes (fileAttr).
+type viewNode struct {
 	fs.Inode
 	v   *View
-	f   Format
 	gid uint32
+}
+
+func (n *viewNode) attr(a *fuse.Attr) { fileAttr(a, n.gid) }
+
+func (n *viewNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.attr(&out.Attr)
+	return 0
+}
+
+// listFile is one list file.
+type listFile struct {
+	viewNode
+	f Format
 }
 
 var (
 	_ fs.NodeOpener    = (*listFile)(nil)
 	_ fs.NodeGetattrer = (*listFile)(nil)
 )
-
-func (n *listFile) attr(a *fuse.Attr) { fileAttr(a, n.gid) }
-
-func (n *listFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.attr(&out.Attr)
-	return 0
-}
 
 func (n *listFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if e := readOnly(flags); e != 0 {
@@ -250,22 +256,13 @@ func (v *View) errno(what string, err error) syscall.Errno {
 // countFile is runtime_measurements_count: the records of the view, "%li\n" as
 // ima_show_counter prints it, read anew at every read.
 type countFile struct {
-	fs.Inode
-	v   *View
-	gid uint32
+	viewNode
 }
 
 var (
 	_ fs.NodeOpener    = (*countFile)(nil)
 	_ fs.NodeGetattrer = (*countFile)(nil)
 )
-
-func (n *countFile) attr(a *fuse.Attr) { fileAttr(a, n.gid) }
-
-func (n *countFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.attr(&out.Attr)
-	return 0
-}
 
 func (n *countFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if e := readOnly(flags); e != 0 {
