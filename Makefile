@@ -6,7 +6,7 @@ BIN       := bin/imakexec
 STATICCHECK_VERSION := v0.8.2
 export GOTOOLCHAIN := local
 
-.PHONY: all build deps test test-unit bench bench-host fuzz lint demo clean install deb man
+.PHONY: all build deps kernels test test-unit bench bench-host fuzz lint demo clean install deb man
 
 all: build
 
@@ -59,12 +59,17 @@ deb:
 deps:
 	./scripts/install-deps.sh
 
+# Every kernel the VM tests boot, fetched or built once into the cache ($$IMAKEXEC_CACHE,
+# default /var/cache/imakexec) unless the shared folder has it (scripts/kernels.sh).
+kernels: deps
+	./scripts/kernels.sh
+
 # Unit and FUSE-model tests under the race detector (the packages below testvm/ boot VMs,
 # even under -short when CI is set, so they run once, in the second run), then everything
 # with the VM tests, then the pure unit tests as arm64 (qemu-user) and 386; nothing is
 # skipped under CI=true.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/testvm')
-test: deps
+test: deps kernels
 	$(GO) vet ./...
 	$(GO) test -race -short -count=1 $(UNIT_PKGS)
 	$(GO) test -timeout 60m -count=1 ./...

@@ -11,7 +11,7 @@
 # A prebuilt kernel is used when there is one, in the order the test harness
 # (testvm.FindBuiltKernel) looks:
 #   1. $IMAKEXEC_<KIND>_KERNEL (e.g. IMAKEXEC_IMA_KEXEC_KERNEL, IMAKEXEC_IMA_STAGING_KERNEL)
-#   2. ../shared/kernels/bzImage-KIND, relative to the repository root
+#   2. $IMAKEXEC_SHARED/kernels/bzImage-KIND (default: ../shared beside the repository root)
 #   3. ${IMAKEXEC_CACHE:-/var/cache/imakexec}/kernels/bzImage-KIND
 # Otherwise, or with --rebuild, it builds one into (3): apt-get download of the
 # source package (newest version, globbed), the config script, make bzImage.
@@ -38,7 +38,7 @@ log() { echo "build-kernel $kind: $*" >&2; }
 
 find_prebuilt() {
 	local k
-	for k in "${!env:-}" "$root/../shared/kernels/$name" "$out"; do
+	for k in "${!env:-}" "${IMAKEXEC_SHARED:-$root/../shared}/kernels/$name" "$out"; do
 		if [ -n "$k" ] && [ -f "$k" ]; then
 			realpath "$k"
 			return 0

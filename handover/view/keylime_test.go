@@ -17,26 +17,22 @@ import (
 	"github.com/imakexec/imakexec/testvm"
 )
 
-// keylimeReplay finds Keylime's verifier replay: $IMAKEXEC_KEYLIME_REPLAY, else
-// ../shared/peers/keylime/keylime-replay beside the clone, and a python3 with the modules
-// it imports (the one on $PATH, else Debian's /usr/bin/python3). Missing pieces skip the
-// test, or fail it under CI. It returns the python3 and the tool.
+// keylimeReplay finds Keylime's verifier replay: $IMAKEXEC_KEYLIME_REPLAY, else the copy
+// of Keylime's own code in third_party/keylime (see its README), and a python3 with the
+// modules it imports (the one on $PATH, else Debian's /usr/bin/python3). Missing pieces
+// skip the test, or fail it under CI. It returns the python3 and the tool.
 func keylimeReplay(t *testing.T) (string, string) {
 	t.Helper()
 	p := os.Getenv("IMAKEXEC_KEYLIME_REPLAY")
 	if p == "" {
-		shared := testvm.SharedDir()
-		if _, err := os.Stat(shared); shared == "" || err != nil {
-			// Keylime's replay is no package: it comes only from the team's shared
-			// folder beside the clone (as on CI) or $IMAKEXEC_KEYLIME_REPLAY. A clone
-			// elsewhere has neither, so this is a skip even under CI; with the folder
-			// present, a missing replay fails under CI.
-			t.Skipf("no shared folder beside the clone (%s) and $IMAKEXEC_KEYLIME_REPLAY unset: Keylime's verifier replay is not available", shared)
+		root, err := testvm.RepoRoot()
+		if err != nil {
+			testenv.Missing(t, "Keylime's verifier replay: %v", err)
 		}
-		p = filepath.Join(shared, "peers", "keylime", "keylime-replay")
+		p = filepath.Join(root, "third_party", "keylime", "keylime-replay")
 	}
 	if _, err := os.Stat(p); err != nil {
-		testenv.Missing(t, "Keylime's verifier replay is not at %s (../shared/peers/keylime beside the clone, or $IMAKEXEC_KEYLIME_REPLAY)", p)
+		testenv.Missing(t, "Keylime's verifier replay is not at %s (third_party/keylime, or $IMAKEXEC_KEYLIME_REPLAY)", p)
 	}
 	py := testenv.LookPath(t, "python3", "python3")
 	var why string
