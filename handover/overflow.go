@@ -2,8 +2,6 @@ package handover
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/imakexec/imakexec/serialize"
 )
@@ -50,65 +48,16 @@ func (o *SegmentOverflow) String() string {
 	return s + "; raise CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB, or on 7.2 drain (and delete) right before the jump"
 }
 
-// kexecPayload is the payload of an ima_kexec critical-data record (ima_measure_kexec_event,
-// 6.16+): "kexec_segment_size=%lu;ima_binary_runtime_size=%lu;ima_runtime_measurements_count=%ld;".
-type kexecPayload struct {
-	name        string // "kexec_load" or "kexec_execute"
-	segmentSize uint64
-	runtimeSize uint64 // BINARY_FULL: every record since IMA init, deleted and restored ones too
-	count       uint64
-}
-
-// parseKexecPayload reads a kexec_load/kexec_execute record; ok is false for any other.
-func parseKexecPayload(rec *serialize.Record) (p kexecPayload, ok bool) {
-	fields, err := serialize.ParseFields(rec, storeOrder)
-	if err != nil {
-		return p, false
-	}
-	var buf []byte
-	for _, f := range fields {
-		switch f.ID {
-		case serialize.FieldNNG, serialize.FieldN:
-			p.name = strings.TrimRight(string(f.Data), "\x00")
-		case serialize.FieldBuf:
-			buf = f.Data
-		}
-	}
-	if buf == nil || (p.name != "kexec_load" && p.name != "kexec_execute") {
-		return p, false
-	}
-	seen := 0
-	for _, kv := range strings.Split(string(buf), ";") {
-		k, v, found := strings.Cut(kv, "=")
-		if !found {
-			continue
-		}
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return p, false
-		}
-		switch k {
-		case "kexec_segment_size":
-			p.segmentSize, seen = n, seen|1
-		case "ima_binary_runtime_size":
-			p.runtimeSize, seen = n, seen|2
-		case "ima_runtime_measurements_count":
-			p.count, seen = n, seen|4
-		}
-	}
-	return p, seen&1 != 0
-}
-
 // lastKexecPayload is the last kexec_load/kexec_execute record of the old kernel: in the
 // carried head of the new list (the old kernel's list, oldest first), else among the
 // old boot's stored records.
-func lastKexecPayload(s *Store, bootID string, carried []serialize.Record) (kexecPayload, bool, error) {
+func lastKexecPayload(s *Store, bootID string, carried []serialize.Record) (serialize.KexecEvent, bool, error) {
 	for i := len(carried) - 1; i >= 0; i-- {
-		if p, ok := parseKexecPayload(&carried[i]); ok {
+		if p, ok := serialize.ParseKexecEvent(&carried[i], storeOrder); ok {
 			return p, true, nil
 		}
 	}
-	var last kexecPayload
+	var last serialize.KexecEvent
 	var lastIdx uint64
 	found := false
 	for _, sg := range s.Segments() {
@@ -120,7 +69,7 @@ func lastKexecPayload(s *Store, bootID string, carried []serialize.Record) (kexe
 			return last, false, err
 		}
 		for i := range recs {
-			if p, ok := parseKexecPayload(&recs[i]); ok && (!found || sg.Boot.FirstIndex+uint64(i) >= lastIdx) {
+			if p, ok := serialize.ParseKexecEvent(&recs[i], storeOrder); ok && (!found || sg.Boot.FirstIndex+uint64(i) >= lastIdx) {
 				last, lastIdx, found = p, sg.Boot.FirstIndex+uint64(i), true
 			}
 		}
@@ -155,7 +104,7 @@ func segmentOverflow(s *Store, bootID string, carried, held []serialize.Record, 
 	if err != nil || !ok {
 		return nil, err
 	}
-	o := &SegmentOverflow{SegmentSize: p.segmentSize, Carried: len(carried), Held: len(held)}
+	o := &SegmentOverflow{SegmentSize: p.SegmentSize, Carried: len(carried), Held: len(held)}
 	o.CarriedB = serialize.KexecHeaderSize + kexecBytes(carried)
 	o.ListBytes = o.CarriedB
 	if len(held) > len(carried) {
@@ -180,6 +129,6 @@ func segmentOverflow(s *Store, bootID string, carried, held []serialize.Record, 
 const pageSize = 4096
 
 func isKexecExecute(rec *serialize.Record) bool {
-	p, ok := parseKexecPayload(rec)
-	return ok && p.name == "kexec_execute"
+	p, ok := serialize.ParseKexecEvent(rec, storeOrder)
+	return ok && p.Name == "kexec_execute"
 }

@@ -5,6 +5,10 @@
 // in this package) and inside QEMU against the real 7.2 kernels (the guest program
 // testvm/guest/conform sends back what it saw; TestVMConformance compares).
 //
+// After the file rows, the table says what the next kernel shows after a kexec from each of
+// a few states (kexec.go): the model runs them with in-process kexecs, the guest across
+// real ones.
+//
 // Every expectation is the kernel's (security/integrity/ima of 7.2.13), with the function
 // that decides it. Rows that user space cannot observe on a real kernel are marked
 // ModelOnly with the reason; they run only against the model.
@@ -111,7 +115,26 @@ var Table = []Expect{
 	{Name: "suspended: N", Want: map[Kind]string{Staging: "ESTALE"}, Source: "ima_queue_delete_partial", ModelOnly: suspendedWhy},
 	{Name: "suspended: D", Want: map[Kind]string{Staging: "ESTALE"}, Source: "ima_queue_staged_delete_all", ModelOnly: suspendedWhy},
 	{Name: "suspended: lists still readable", Want: map[Kind]string{Staging: "ok"}, Source: "ima_measurements_open (no suspension check)", ModelOnly: suspendedWhy},
+	// After a kexec (kexec.go): the next kernel's first look at its list, per state.
+	{Name: AfterRow("records staged and current", "next kernel's list"), Want: map[Kind]string{Staging: "staged, current, kexec_execute, boot_aggregate"}, Source: "ima_reboot_notifier, ima_dump_measurement_list (staged first), ima_init (restore before boot_aggregate)"},
+	{Name: AfterRow("records staged and current", "next kernel's count"), Want: map[Kind]string{Staging: afterCount}, Source: "ima_restore_measurement_entry (ima_add_digest_entry counts it)"},
+	{Name: AfterRow("records staged and current", "kexec_execute count"), Want: map[Kind]string{Staging: execCount}, Source: "ima_measure_kexec_event (ima_num_records[BINARY_FULL])"},
+	{Name: AfterRow("records in the list", "next kernel's list"), Want: map[Kind]string{NoStaging: "boot_aggregate"}, Source: "ima_load_kexec_buffer (CONFIG_IMA_KEXEC=n: nothing to restore)"},
+	{Name: AfterRow("records in the list", "next kernel's count"), Want: map[Kind]string{NoStaging: afterCount}, Source: "ima_add_digest_entry"},
+	{Name: AfterRow("records in the list", "kexec_execute count"), Want: map[Kind]string{NoStaging: "no kexec_execute record"}, Source: "ima_reboot_notifier (#ifdef CONFIG_IMA_KEXEC)"},
+	{Name: AfterRow("staged records deleted with D", "next kernel's list"), Want: map[Kind]string{Staging: "current, kexec_execute, boot_aggregate"}, Source: "ima_queue_staged_delete_all, ima_dump_measurement_list"},
+	{Name: AfterRow("staged records deleted with D", "next kernel's count"), Want: map[Kind]string{Staging: afterCount}, Source: "ima_restore_measurement_entry"},
+	{Name: AfterRow("staged records deleted with D", "kexec_execute count"), Want: map[Kind]string{Staging: execCount}, Source: "ima_measure_kexec_event (BINARY_FULL is not lowered by D)"},
+	{Name: AfterRow("the whole list deleted with N", "next kernel's list"), Want: map[Kind]string{Staging: "current, kexec_execute, boot_aggregate", NoStaging: "boot_aggregate"}, Source: "ima_queue_delete_partial, ima_dump_measurement_list; CONFIG_IMA_KEXEC=n: ima_load_kexec_buffer"},
+	{Name: AfterRow("the whole list deleted with N", "next kernel's count"), Want: both(afterCount), Source: "ima_restore_measurement_entry"},
+	{Name: AfterRow("the whole list deleted with N", "kexec_execute count"), Want: map[Kind]string{Staging: execCount, NoStaging: "no kexec_execute record"}, Source: "ima_measure_kexec_event (BINARY_FULL is not lowered by N)"},
 }
+
+// The answers of the after-kexec count rows (AfterRows).
+const (
+	afterCount = "every record in its list"
+	execCount  = "every record since boot, deleted ones included"
+)
 
 const suspendedWhy = "measurement is suspended by ima_reboot_notifier inside kernel_restart_prepare; user space never runs again in that kernel"
 
