@@ -47,6 +47,24 @@ func (d *drainer) suspended(through uint64) error {
 	return d.appendDeletion(Deletion{Through: through, Carried: true})
 }
 
+// confirm fixes the deletion point of this drain and settles the store on it: resolved
+// against the kernel's list (resolve; forced as in resolve), else the one the store has
+// confirmed. It is the one step every backend takes before it reads what is held.
+func (d *drainer) confirm(v *bootView, open heldReader, resolve bool, forced *uint64) (uint64, error) {
+	delPoint := v.deleted
+	if resolve {
+		var err error
+		if delPoint, err = d.resolve(*v, open, forced); err != nil {
+			return 0, err
+		}
+	}
+	if err := d.settle(*v, delPoint); err != nil {
+		return 0, err
+	}
+	v.deleted = delPoint
+	return delPoint, nil
+}
+
 // settle records a deletion point found by resolve when it is past the confirmed one.
 func (d *drainer) settle(v bootView, delPoint uint64) error {
 	if delPoint <= v.deleted {
@@ -71,20 +89,12 @@ func (d *drainer) drainList(ctx context.Context, o listOptions) error {
 	defer f.Close()
 	open := func() (serialize.Source, error) { return listReader(f) }
 	v := d.view()
-	var delPoint uint64
-	if del {
-		if delPoint, err = d.resolve(v, open, nil); err != nil {
-			return err
-		}
-	} else {
-		// Nothing is deleted by a snapshot: the kernel holds everything after the
-		// confirmed deletion point.
-		delPoint = v.deleted
-	}
-	if err := d.settle(v, delPoint); err != nil {
+	// Nothing is deleted by a snapshot: the kernel holds everything after the confirmed
+	// deletion point, so only delete-n resolves it against the list.
+	delPoint, err := d.confirm(&v, open, del, nil)
+	if err != nil {
 		return err
 	}
-	v.deleted = delPoint
 	source := SourceSnapshot
 	if del {
 		source = SourceDeletedN
@@ -132,14 +142,10 @@ func (d *drainer) drainTrim(ctx context.Context) error {
 			}
 		}
 	}
-	delPoint, err := d.resolve(v, nil, &t)
+	delPoint, err := d.confirm(&v, nil, true, &t)
 	if err != nil {
 		return err
 	}
-	if err := d.settle(v, delPoint); err != nil {
-		return err
-	}
-	v.deleted = delPoint
 	f, err := d.k.openKernel(ctx, d.k.List, os.O_RDONLY)
 	if err != nil {
 		return fmt.Errorf("open measurement list: %w", err)
@@ -206,7 +212,6 @@ func (d *drainer) drainStaged(ctx context.Context) error {
 			return fmt.Errorf("stage records: %w", err)
 		}
 		v := d.view()
-		var delPoint uint64
 		empty := false
 		if leftover {
 			src, err := open()
@@ -221,25 +226,19 @@ func (d *drainer) drainStaged(ctx context.Context) error {
 				empty = true // RFC v1 returned ENOENT for an empty staged list
 			}
 		}
-		stagedGone := (!leftover || empty) && v.lastSource == SourceStaged && v.stored > v.deleted
-		if stagedGone {
+		// With nothing staged and the current list empty there is nothing to resolve
+		// against: the confirmed deletion point stands.
+		resolve, forced := !(leftover && empty), (*uint64)(nil)
+		if (!leftover || empty) && v.lastSource == SourceStaged && v.stored > v.deleted {
 			// Nothing is staged, so the staged records the store holds were freed by a D
 			// whose manifest entry was lost.
 			t := v.stored
-			if delPoint, err = d.resolve(v, open, &t); err != nil {
-				return err
-			}
-		} else if !(leftover && empty) {
-			if delPoint, err = d.resolve(v, open, nil); err != nil {
-				return err
-			}
-		} else {
-			delPoint = v.deleted
+			resolve, forced = true, &t
 		}
-		if err := d.settle(v, delPoint); err != nil {
+		delPoint, err := d.confirm(&v, open, resolve, forced)
+		if err != nil {
 			return err
 		}
-		v.deleted = delPoint
 		if leftover && empty {
 			return nil // nothing staged, nothing to stage
 		}

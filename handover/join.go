@@ -386,20 +386,6 @@ func sameRecords(a, b []serialize.Record) bool {
 	return true
 }
 
-// sliceSource yields records from a slice.
-type sliceSource struct {
-	recs []serialize.Record
-	i    int
-}
-
-func (s *sliceSource) Next() (*serialize.Record, error) {
-	if s.i >= len(s.recs) {
-		return nil, io.EOF
-	}
-	s.i++
-	return &s.recs[s.i-1], nil
-}
-
 // touchedOf is a set of PCRs as a mask indexed by PCR.
 func touchedOf(set map[uint32]bool) []bool {
 	out := make([]bool, serialize.MaxPCR)
@@ -487,7 +473,7 @@ func planJoin(s *Store, live []serialize.Record, chainState serialize.PCRValues,
 		if !ok {
 			continue
 		}
-		src := &sliceSource{recs: rest}
+		src := serialize.NewSliceSource(rest)
 		v, err := pr.until(src)
 		if err != nil {
 			if errors.Is(err, ErrUncovered) {
@@ -500,7 +486,7 @@ func planJoin(s *Store, live []serialize.Record, chainState serialize.PCRValues,
 		}
 		p.reconstructed = c
 		p.verified = v
-		p.extra = len(rest) - src.i
+		p.extra = len(rest) - src.Consumed()
 		p.bootAggSeq = p.chainLen + uint64(len(p.windowCarried)+len(c.recs))
 		return p, nil
 	}

@@ -265,7 +265,7 @@ func (p *prover) proven() (*serialize.Verified, bool) {
 	if !p.any || !p.r.Matches() {
 		return nil, false
 	}
-	v, err := p.r.AddUntil(emptySource{}, p.e.target(p.touched[:]))
+	v, err := p.r.AddUntil(serialize.NewSliceSource(nil), p.e.target(p.touched[:]))
 	if err != nil {
 		return nil, false
 	}
@@ -300,7 +300,7 @@ func (p *prover) until(src serialize.Source) (*serialize.Verified, error) {
 	if !p.any {
 		return nil, fmt.Errorf("%w: there is no record to prove", ErrUncovered)
 	}
-	_, err := p.r.AddUntil(emptySource{}, p.e.target(p.touched[:]))
+	_, err := p.r.AddUntil(serialize.NewSliceSource(nil), p.e.target(p.touched[:]))
 	if err == nil {
 		err = fmt.Errorf("%w: the replay matched no prefix", serialize.ErrMismatch)
 	}
@@ -324,10 +324,6 @@ func (p *prover) rest(src serialize.Source) (int, error) {
 		n++
 	}
 }
-
-type emptySource struct{}
-
-func (emptySource) Next() (*serialize.Record, error) { return nil, io.EOF }
 
 // ErrNotChainStart: a store without a chain would start one with the running kernel's list,
 // but that list, replayed from zero, is not the log of this TPM power cycle.

@@ -159,7 +159,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*Verified, error) {
 			return nil, err
 		}
 		res.Join = plan.describe() + " (not yet stored: run imakexec rejoin)"
-		tail = &sliceSource{recs: append(append(append([]serialize.Record{}, plan.windowCarried...), plan.reconstructed.recs...), recs[plan.carried:]...)}
+		tail = serialize.NewSliceSource(append(append(append([]serialize.Record{}, plan.windowCarried...), plan.reconstructed.recs...), recs[plan.carried:]...))
 		res.Warnings = append(res.Warnings, "this boot has not been joined to the store yet; the join was proven in memory only")
 	}
 	ob := &observed{src: tail, obs: obs, seq: res.Stored}

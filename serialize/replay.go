@@ -41,6 +41,27 @@ type Source interface {
 	Next() (*Record, error)
 }
 
+// SliceSource yields the records of a slice in order, then io.EOF.
+type SliceSource struct {
+	recs []Record
+	i    int
+}
+
+// NewSliceSource is a Source over recs (none for nil).
+func NewSliceSource(recs []Record) *SliceSource { return &SliceSource{recs: recs} }
+
+// Next implements Source.
+func (s *SliceSource) Next() (*Record, error) {
+	if s.i >= len(s.recs) {
+		return nil, io.EOF
+	}
+	s.i++
+	return &s.recs[s.i-1], nil
+}
+
+// Consumed is how many records Next has returned.
+func (s *SliceSource) Consumed() int { return s.i }
+
 // Replayer extends records into software PCRs exactly as the kernel extends them into the
 // TPM (ima_add_template_entry; docs/kernel.md, "Extending the TPM"): each record into its own PCR, in every bank, violations as 0xFF.
 // It is incremental: Add records one by one, from zero or from a given state.

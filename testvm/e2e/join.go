@@ -121,22 +121,9 @@ func ReadPCRs(sha1File, sha256File []byte) (serialize.PCRValues, error) {
 	return pcrs, nil
 }
 
-type sliceSource struct {
-	recs []serialize.Record
-	i    int
-}
-
-func (s *sliceSource) Next() (*serialize.Record, error) {
-	if s.i >= len(s.recs) {
-		return nil, io.EOF
-	}
-	s.i++
-	return &s.recs[s.i-1], nil
-}
-
 // Replay replays records (5.8+ scheme, both banks; stored SHA1 digests must match the data).
 func Replay(recs []serialize.Record) (*serialize.Result, error) {
-	return serialize.Replay(&sliceSource{recs: recs}, serialize.ReplayOptions{
+	return serialize.Replay(serialize.NewSliceSource(recs), serialize.ReplayOptions{
 		Banks: []serialize.Bank{serialize.SHA1, serialize.SHA256}, DigestBank: &serialize.SHA1})
 }
 
