@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,8 +147,8 @@ func TestKill9(t *testing.T) {
 }
 
 // BenchmarkDrainCLI measures the drain's own memory: `imakexec drain` as a subprocess
-// (the kernel model and FUSE server stay in the test process), its peak RSS (VmHWM,
-// sampled every 50 ms) per list size.
+// (the kernel model and FUSE server stay in the test process), its peak RSS (peakRSS)
+// per list size.
 func BenchmarkDrainCLI(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
@@ -165,47 +164,14 @@ func BenchmarkDrainCLI(b *testing.B) {
 				cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
 				var ob bytes.Buffer
 				cmd.Stdout, cmd.Stderr = &ob, &ob
-				if err := cmd.Start(); err != nil {
-					b.Fatal(err)
-				}
-				pid := cmd.Process.Pid
-				var last string
-				var hwm int64
-				var exited atomic.Bool // set after Wait returns: the sampler must not read cmd.ProcessState
-				done := make(chan struct{})
-				go func() {
-					defer close(done)
-					for !exited.Load() {
-						st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-						if err != nil {
-							return
-						}
-						for _, l := range strings.Split(string(st), "\n") {
-							if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-								kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-								hwm = max(hwm, kb)
-								last += l + " "
-							}
-						}
-						last += "\n"
-						time.Sleep(50 * time.Millisecond)
-					}
-				}()
-				err := cmd.Wait()
-				exited.Store(true)
-				<-done
+				hwm, err := peakRSS(cmd)
 				out := ob.Bytes()
-				if os.Getenv("IMAKEXEC_BENCH_GCTRACE") != "" {
-					b.Logf("%s", last)
-				}
 				if err != nil {
 					b.Fatalf("drain: %v %s", err, out)
 				}
 				if os.Getenv("IMAKEXEC_BENCH_GCTRACE") != "" {
 					b.Logf("%s", out)
 				}
-				// ru_maxrss of a child counts the parent's image it was cloned from before
-				// exec; VmHWM sampled from /proc is the drain's own peak.
 				rss = hwm
 			}
 			b.ReportMetric(float64(rss)/1024, "peak-rss-MiB")

@@ -2,43 +2,15 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/imakexec/imakexec/handover"
 	"github.com/imakexec/imakexec/internal/kmodel"
 )
-
-// vmHWM samples /proc/PID/status VmHWM (kB) every 20 ms until done is closed.
-func vmHWM(pid int, done <-chan struct{}) <-chan int64 {
-	out := make(chan int64, 1)
-	go func() {
-		var hwm int64
-		defer func() { out <- hwm }()
-		for {
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-				for _, l := range strings.Split(string(b), "\n") {
-					if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-						kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-						hwm = max(hwm, kb)
-					}
-				}
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
-	return out
-}
 
 // BenchmarkExportCLI measures `imakexec export` (binary, -o FILE) of a chain of
 // IMAKEXEC_BENCH_RECORDS (default 1,000,000) stored records followed by as many live ones
@@ -66,14 +38,8 @@ func BenchmarkExportCLI(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		cmd := exec.Command(bin, m.args("export", "--format", "binary", "-o", out)...)
 		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		done := make(chan struct{})
-		hwm := vmHWM(cmd.Process.Pid, done)
-		err := cmd.Wait()
-		close(done)
-		rss = max(rss, <-hwm)
+		hwm, err := peakRSS(cmd)
+		rss = max(rss, hwm)
 		if err != nil {
 			b.Fatal(err)
 		}
