@@ -1,11 +1,14 @@
-// Command benchcmp times `imakexec replay` against `evmctl ima_measurement` on the same
-// generated list (make bench). It prints records/s for each, their ratio, and peak RSS.
+// Command benchcmp times `imakexec replay` against its peers on the same generated lists
+// (make bench): `evmctl ima_measurement` (ima-evm-utils) on the binary list, Keylime's
+// verifier replay (third_party/keylime) on the ASCII SHA1 list, and plain `cat` reading the
+// binary list. It prints records/s for each, peak RSS, and the ratios.
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"flag"
 	"fmt"
 	"os"
@@ -23,8 +26,17 @@ func main() {
 	bin := flag.String("imakexec", "bin/imakexec", "imakexec binary")
 	dir := flag.String("dir", "out/bench", "work directory for the generated list")
 	runs := flag.Int("runs", 3, "runs of each command; the best is reported")
+	keylime := flag.String("keylime", "third_party/keylime/keylime-replay", "Keylime's verifier replay (\"\": leave it out)")
+	kn := flag.Int("keylime-n", 100_000, "records of the ASCII list Keylime's replay and imakexec read")
 	flag.Parse()
 	if err := run(*n, *bin, *dir, *runs); err != nil {
+		fmt.Fprintln(os.Stderr, "benchcmp:", err)
+		os.Exit(1)
+	}
+	if *keylime == "" {
+		return
+	}
+	if err := runKeylime(*kn, *bin, *dir, *keylime, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, "benchcmp:", err)
 		os.Exit(1)
 	}
@@ -74,7 +86,81 @@ func run(n int, bin, dir string, runs int) error {
 	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "imakexec replay --banks sha1,sha256", ours.Seconds(), rate(ours), oursRSS)
 	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "evmctl ima_measurement", evm.Seconds(), rate(evm), evmRSS)
 	fmt.Printf("ratio (imakexec / evmctl records/s): %.1fx\n", rate(ours)/rate(evm))
+	cat, catRSS, err := best(runs, "sh", "-c", `cat "$1" >/dev/null`, "sh", list)
+	if err != nil {
+		return fmt.Errorf("cat: %w", err)
+	}
+	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "cat (the binary list, page cache)", cat.Seconds(), rate(cat), catRSS)
+	fmt.Printf("ratio (imakexec replay / cat records/s): %.2fx\n", rate(ours)/rate(cat))
 	return nil
+}
+
+// runKeylime times imakexec's ASCII replay of the SHA1 bank against Keylime's verifier
+// replay (keylime.ima.ima.process_measurement_list, one poll from entry 0) on the same
+// ASCII list of n records, the one Keylime's agent sends.
+func runKeylime(n int, bin, dir, tool string, runs int) error {
+	ascii := filepath.Join(dir, fmt.Sprintf("ima-ng-%d.ascii", n))
+	binList := filepath.Join(dir, fmt.Sprintf("ima-ng-%d.bin", n))
+	if _, err := os.Stat(binList); err != nil {
+		if err := generate(binList, n); err != nil {
+			return err
+		}
+	}
+	f, err := os.Open(binList)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	aw := serialize.NewASCIIWriter(&out, binary.LittleEndian, serialize.SHA1, nil)
+	res, err := serialize.Replay(teeSource{serialize.NewBinaryReader(f, binary.LittleEndian, 20), aw}, serialize.ReplayOptions{})
+	if err != nil {
+		return err
+	}
+	if err := aw.Flush(); err != nil {
+		return err
+	}
+	if err := os.WriteFile(ascii, out.Bytes(), 0o644); err != nil {
+		return err
+	}
+	var pcrs bytes.Buffer
+	serialize.WritePCRFile(&pcrs, serialize.SHA1, res.PCRs)
+	pf := filepath.Join(dir, fmt.Sprintf("pcrs-sha1-%d.txt", n))
+	if err := os.WriteFile(pf, pcrs.Bytes(), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("list: %d ima-ng records as the ASCII SHA1 list, %.1f MiB (%s)\n", n, float64(out.Len())/(1<<20), ascii)
+	ours, oursRSS, err := best(runs, bin, "replay", "--format", "ascii", "--banks", "sha1", "--pcrs", "sha1,"+pf, ascii)
+	if err != nil {
+		return fmt.Errorf("imakexec: %w", err)
+	}
+	py := "python3"
+	if _, err := exec.LookPath(py); err != nil {
+		py = "/usr/bin/python3"
+	}
+	kl, klRSS, err := best(runs, py, tool, ascii, hex.EncodeToString(res.PCRs[10]["sha1"]), "sha1")
+	if err != nil {
+		return fmt.Errorf("keylime-replay: %w", err)
+	}
+	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "imakexec replay --format ascii", ours.Seconds(), rate(ours), oursRSS)
+	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "keylime-replay (sha1)", kl.Seconds(), rate(kl), klRSS)
+	fmt.Printf("ratio (imakexec / Keylime records/s): %.1fx\n", rate(ours)/rate(kl))
+	return nil
+}
+
+// teeSource writes every record it yields to an ASCII writer.
+type teeSource struct {
+	src serialize.Source
+	aw  *serialize.ASCIIWriter
+}
+
+func (t teeSource) Next() (*serialize.Record, error) {
+	rec, err := t.src.Next()
+	if err == nil {
+		err = t.aw.Write(rec)
+	}
+	return rec, err
 }
 
 func generate(path string, n int) error {
