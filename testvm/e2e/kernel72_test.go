@@ -12,6 +12,7 @@ import (
 	"github.com/imakexec/imakexec/serialize"
 	"github.com/imakexec/imakexec/testvm"
 	"github.com/imakexec/imakexec/testvm/e2e"
+	"github.com/imakexec/imakexec/testvm/guestlib"
 )
 
 // drainJSON is the part of `imakexec drain --json` these tests read.
@@ -70,6 +71,13 @@ func TestVMDebian72ThreeGenerations(t *testing.T) {
 	checkLeadCommands(t, run, j)
 }
 
+// staging72 makes a scenario one of the 7.2 staging kernel's: the kernel carries its list,
+// and the policy measures the kexec_load and kexec_execute records.
+func staging72(sc *e2e.Scenario) {
+	sc.KernelCarries = true
+	sc.Config.Policy += guestlib.PolicyKexecRecords
+}
+
 // TestVMStaging72: the 7.2 kernel with CONFIG_IMA_STAGING=y and CONFIG_IMA_KEXEC=y: the
 // drain picks staged (A, read, D) and deletes for real; the kexec_load and kexec_execute
 // critical data are measured (policy CRITICAL_DATA label=ima_kexec) and carried at
@@ -77,8 +85,7 @@ func TestVMDebian72ThreeGenerations(t *testing.T) {
 func TestVMStaging72(t *testing.T) {
 	kernel := testvm.RequireIMAStagingKernel(t)
 	sc := scenario("staging72", kernel, 1)
-	sc.KernelCarries = true
-	sc.Config.Policy += "measure func=CRITICAL_DATA label=ima_kexec\n"
+	staging72(sc)
 	run := execute(t, sc)
 	checkDrains(t, run, "staged")
 	j := hostJoin(t, run)
@@ -129,8 +136,7 @@ func TestVMDebian72FlushHTable(t *testing.T) {
 func TestVMStaging72StagedAtKexec(t *testing.T) {
 	kernel := testvm.RequireIMAStagingKernel(t)
 	sc := scenario("staging72-staged-at-kexec", kernel, 1)
-	sc.KernelCarries = true
-	sc.Config.Policy += "measure func=CRITICAL_DATA label=ima_kexec\n"
+	staging72(sc)
 	sc.Config.LoadOnly = true
 	sc.Config.AfterLoad = 3
 	sc.Config.StageAtKexec = true
@@ -162,8 +168,7 @@ func TestVMStaging72StagedAtKexec(t *testing.T) {
 func TestVMStaging72SegmentOverflow(t *testing.T) {
 	kernel := testvm.RequireIMAStagingKernel(t)
 	sc := scenario("staging72-segment-overflow", kernel, 1)
-	sc.KernelCarries = true
-	sc.Config.Policy += "measure func=CRITICAL_DATA label=ima_kexec\n"
+	staging72(sc)
 	sc.Config.LoadOnly = true
 	sc.Config.AfterLoad = 80
 	run := execute(t, sc)

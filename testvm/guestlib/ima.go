@@ -142,7 +142,9 @@ func (g *Guest) SendSnapshot(prefix string, s *IMASnapshot) error {
 
 // TestPolicy is the IMA policy of the test guests: executions, reads by root and the
 // kexec image and initramfs checks; nothing on the pseudo file systems (cgroup because Go
-// >= 1.25 reads cgroup files for GOMAXPROCS). PolicyKexecCmdline adds the command line.
+// >= 1.25 reads cgroup files for GOMAXPROCS). PolicyKexecCmdline adds the command line,
+// PolicyKexecRecords the kexec_load and kexec_execute critical data (7.2 with
+// CONFIG_IMA_KEXEC, ima_measure_kexec_event).
 const (
 	TestPolicy = `dont_measure fsmagic=0x9fa0
 dont_measure fsmagic=0x62656572
@@ -157,4 +159,5 @@ measure func=KEXEC_KERNEL_CHECK
 measure func=KEXEC_INITRAMFS_CHECK
 `
 	PolicyKexecCmdline = "measure func=KEXEC_CMDLINE\n"
+	PolicyKexecRecords = "measure func=CRITICAL_DATA label=ima_kexec\n"
 )

@@ -58,7 +58,7 @@ const (
 	nextInitrd = "/tmp/next.cpio"
 	// policy is the test policy with the kexec command line and the ima_kexec critical
 	// data (kexec_load, kexec_execute), as the kernel model's default policy has them.
-	policy = guestlib.TestPolicy + guestlib.PolicyKexecCmdline + "measure func=CRITICAL_DATA label=ima_kexec\n"
+	policy = guestlib.TestPolicy + guestlib.PolicyKexecCmdline + guestlib.PolicyKexecRecords
 )
 
 func main() {
