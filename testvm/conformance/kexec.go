@@ -44,7 +44,7 @@ var KexecStates = []KexecState{
 			return 0, err
 		}
 		if err := request(r.p(stagedFile), "A\n"); err != nil {
-			return 0, fmt.Errorf("A: %w", err)
+			return 0, fmt.Errorf("write A: %w", err)
 		}
 		return 0, r.env.Measure(2)
 	}},
@@ -54,10 +54,10 @@ var KexecStates = []KexecState{
 	{Name: "staged records deleted with D", Kinds: []Kind{Staging}, setup: func(r *runner) (int, error) {
 		n := r.count()
 		if err := request(r.p(stagedFile), "A\n"); err != nil {
-			return 0, fmt.Errorf("A: %w", err)
+			return 0, fmt.Errorf("write A: %w", err)
 		}
 		if err := request(r.p(stagedFile), "D\n"); err != nil {
-			return 0, fmt.Errorf("D: %w", err)
+			return 0, fmt.Errorf("write D: %w", err)
 		}
 		return n, r.env.Measure(2)
 	}},
@@ -67,7 +67,7 @@ var KexecStates = []KexecState{
 			return 0, fmt.Errorf("runtime_measurements_count is %d", n)
 		}
 		if err := request(r.p(listFile), strconv.Itoa(n)+"\n"); err != nil {
-			return 0, fmt.Errorf("N=%d: %w", n, err)
+			return 0, fmt.Errorf("write N=%d: %w", n, err)
 		}
 		return n, nil
 	}},
