@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imakexec/imakexec/internal/kcmdline"
 	"github.com/imakexec/imakexec/testvm/frame"
 )
 
@@ -113,13 +114,12 @@ func ensureConsole() {
 	}
 }
 
-// ParseCmdline splits a kernel command line into key=value words. Quoting is
-// not interpreted; test command lines do not need it.
+// ParseCmdline splits a kernel command line into key=value words with the kernel's rules
+// (internal/kcmdline, next_arg); a repeated key keeps its last value.
 func ParseCmdline(s string) map[string]string {
 	m := map[string]string{}
-	for _, w := range strings.Fields(s) {
-		k, v, _ := strings.Cut(w, "=")
-		m[k] = v
+	for _, a := range kcmdline.Parse(s) {
+		m[a.Key] = a.Value
 	}
 	return m
 }
