@@ -128,6 +128,9 @@ var Table = []Expect{
 	{Name: AfterRow("the whole list deleted with N", "next kernel's list"), Want: map[Kind]string{Staging: "current, kexec_execute, boot_aggregate", NoStaging: "boot_aggregate"}, Source: "ima_queue_delete_partial, ima_dump_measurement_list; CONFIG_IMA_KEXEC=n: ima_load_kexec_buffer"},
 	{Name: AfterRow("the whole list deleted with N", "next kernel's count"), Want: both(afterCount), Source: "ima_restore_measurement_entry"},
 	{Name: AfterRow("the whole list deleted with N", "kexec_execute count"), Want: map[Kind]string{Staging: execCount, NoStaging: "no kexec_execute record"}, Source: "ima_measure_kexec_event (BINARY_FULL is not lowered by N)"},
+	{Name: AfterRow("the list outgrew the segment after the load", "next kernel's list"), Want: map[Kind]string{Staging: "a prefix of the old lists, boot_aggregate"}, Source: "ima_add_kexec_buffer (sized at load), ima_dump_measurement (cut at the segment's end), ima_restore_measurement_list (whole records only)"},
+	{Name: AfterRow("the list outgrew the segment after the load", "next kernel's count"), Want: map[Kind]string{Staging: afterCount}, Source: "ima_restore_measurement_entry"},
+	{Name: AfterRow("the list outgrew the segment after the load", "kexec_execute count"), Want: map[Kind]string{Staging: "no kexec_execute record"}, Source: "ima_reboot_notifier (measured last, before the dump, so it does not fit)"},
 }
 
 // The answers of the after-kexec count rows (AfterRows).

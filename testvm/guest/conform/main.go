@@ -7,7 +7,8 @@
 // First the chain of kexecs: generation N (conform.gen=N, 0 at the first boot) reads its
 // list before anything else is measured and sends it as "kexec/<N-1>/after", brings the
 // lists into state N of conformance.StatesFor(kind), loads the same kernel
-// (/boot/vmlinuz) with an initramfs of this program, sends what it holds as
+// (/boot/vmlinuz) with an initramfs of this program, does what the state does after the
+// load, sends what it holds as
 // "kexec/<N>/before" and jumps. The last generation runs the file rows and sends them as
 // "conformance". The rows are compared on the host, not here.
 //
@@ -120,6 +121,9 @@ func kexec(g *guestlib.Guest, e *env, st conformance.KexecState, gen int) {
 	}
 	var kx initramfs.SysKexec
 	if err := kx.FileLoad(int(k.Fd()), int(i.Fd()), next); err != nil {
+		g.Fatalf("generation %d: %v", gen, err)
+	}
+	if err := st.AfterLoad(e); err != nil {
 		g.Fatalf("generation %d: %v", gen, err)
 	}
 	b, err := conformance.Snapshot(e, st.Name, deleted)
