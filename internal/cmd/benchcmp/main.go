@@ -82,16 +82,15 @@ func run(n int, bin, dir string, runs int) error {
 	if err != nil {
 		return fmt.Errorf("evmctl: %w", err)
 	}
-	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
-	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "imakexec replay --banks sha1,sha256", ours.Seconds(), rate(ours), oursRSS)
-	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "evmctl ima_measurement", evm.Seconds(), rate(evm), evmRSS)
-	fmt.Printf("ratio (imakexec / evmctl records/s): %.1fx\n", rate(ours)/rate(evm))
+	line("imakexec replay --banks sha1,sha256", n, ours, oursRSS)
+	line("evmctl ima_measurement", n, evm, evmRSS)
+	ratio("imakexec", "evmctl", ours, evm, 1)
 	cat, catRSS, err := best(runs, "sh", "-c", `cat "$1" >/dev/null`, "sh", list)
 	if err != nil {
 		return fmt.Errorf("cat: %w", err)
 	}
-	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "cat (the binary list, page cache)", cat.Seconds(), rate(cat), catRSS)
-	fmt.Printf("ratio (imakexec replay / cat records/s): %.2fx\n", rate(ours)/rate(cat))
+	line("cat (the binary list, page cache)", n, cat, catRSS)
+	ratio("imakexec replay", "cat", ours, cat, 2)
 	return nil
 }
 
@@ -142,11 +141,20 @@ func runKeylime(n int, bin, dir, tool string, runs int) error {
 	if err != nil {
 		return fmt.Errorf("keylime-replay: %w", err)
 	}
-	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
-	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "imakexec replay --format ascii", ours.Seconds(), rate(ours), oursRSS)
-	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", "keylime-replay (sha1)", kl.Seconds(), rate(kl), klRSS)
-	fmt.Printf("ratio (imakexec / Keylime records/s): %.1fx\n", rate(ours)/rate(kl))
+	line("imakexec replay --format ascii", n, ours, oursRSS)
+	line("keylime-replay (sha1)", n, kl, klRSS)
+	ratio("imakexec", "Keylime", ours, kl, 1)
 	return nil
+}
+
+// line prints one command's time, rate over n records and peak RSS.
+func line(name string, n int, d time.Duration, rss float64) {
+	fmt.Printf("%-34s %8.3f s %12.0f records/s  peak RSS %6.1f MiB\n", name, d.Seconds(), float64(n)/d.Seconds(), rss)
+}
+
+// ratio prints how many times faster a ran than b on the same records (digits decimals).
+func ratio(a, b string, da, db time.Duration, digits int) {
+	fmt.Printf("ratio (%s / %s records/s): %.*fx\n", a, b, digits, db.Seconds()/da.Seconds())
 }
 
 // teeSource writes every record it yields to an ASCII writer.
