@@ -125,15 +125,14 @@ type After struct {
 	Count int    `json:"count"`
 }
 
-// Prepare brings the running kernel's lists into state st. deleted is what this kernel
-// deleted before (0 in a kernel that has just booted); the result is the new total.
-func Prepare(env Env, st KexecState, deleted int) (int, error) {
-	r := &runner{env: env, dir: env.IMADir()}
-	n, err := st.setup(r)
+// Prepare brings the lists of a kernel that has just booted into state st and returns how
+// many records it deleted.
+func Prepare(env Env, st KexecState) (int, error) {
+	n, err := st.setup(&runner{env: env, dir: env.IMADir()})
 	if err != nil {
-		return deleted, fmt.Errorf("state %q: %w", st.Name, err)
+		return 0, fmt.Errorf("state %q: %w", st.Name, err)
 	}
-	return deleted + n, nil
+	return n, nil
 }
 
 // Snapshot reads both lists (the staged one is empty where there is none) for the state
@@ -176,7 +175,7 @@ type KexecEnv interface {
 func RunKexec(env KexecEnv, kind Kind) ([]Row, error) {
 	var rows []Row
 	for _, st := range StatesFor(kind) {
-		deleted, err := Prepare(env, st, 0)
+		deleted, err := Prepare(env, st)
 		if err != nil {
 			return rows, err
 		}
@@ -212,7 +211,6 @@ func AfterRow(state, what string) string { return "after kexec, " + state + ": "
 func AfterRows(b Before, a After) []Row {
 	rest := a.List
 	var parts []string
-	var carried int
 	for _, p := range []struct {
 		name string
 		list []byte
@@ -220,8 +218,6 @@ func AfterRows(b Before, a After) []Row {
 		if len(p.list) > 0 && bytes.HasPrefix(rest, p.list) {
 			parts = append(parts, p.name)
 			rest = rest[len(p.list):]
-			n, _ := countRecords(p.list)
-			carried += n
 		}
 	}
 	if len(parts) == 0 {
@@ -230,13 +226,9 @@ func AfterRows(b Before, a After) []Row {
 		old := append(append([]byte(nil), b.Staged...), b.Current...)
 		// The next kernel's boot_aggregate must follow: kexec leaves PCRs 0-9 alone, so a
 		// kernel that carried nothing starts with a boot_aggregate equal to the old one.
-		if head := carriedHead(rest, old); head > 0 && startsWithBootAggregate(rest[head:]) {
-			if head < len(old) {
-				parts = append(parts, "a prefix of the old lists")
-				n, _ := countRecords(rest[:head])
-				carried += n
-				rest = rest[head:]
-			}
+		if head := carriedHead(rest, old); head > 0 && head < len(old) && startsWithBootAggregate(rest[head:]) {
+			parts = append(parts, "a prefix of the old lists")
+			rest = rest[head:]
 		}
 	}
 	recs, err := readRecords(rest)
@@ -266,7 +258,7 @@ func AfterRows(b Before, a After) []Row {
 		desc = "empty"
 	}
 	rows := []Row{{AfterRow(b.State, "next kernel's list"), desc}}
-	total := carried + len(recs)
+	total, _ := countRecords(a.List)
 	if a.Count == total {
 		rows = append(rows, Row{AfterRow(b.State, "next kernel's count"), afterCount})
 	} else {

@@ -84,7 +84,7 @@ func TestCompareNamesMissingRows(t *testing.T) {
 func TestAfterRowsNameDifferences(t *testing.T) {
 	env := modelEnv{kmodeltest.Mount(t, kmodel.Config{Profile: kmodel.Profile72})}
 	st := conformance.StatesFor(conformance.Staging)[0]
-	deleted, err := conformance.Prepare(env, st, 0)
+	deleted, err := conformance.Prepare(env, st)
 	if err != nil {
 		t.Fatal(err)
 	}

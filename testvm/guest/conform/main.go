@@ -102,7 +102,7 @@ func kexec(g *guestlib.Guest, e *env, st conformance.KexecState, gen int) {
 	if err := writeInitrd(nextInitrd); err != nil {
 		g.Fatalf("next initramfs: %v", err)
 	}
-	deleted, err := conformance.Prepare(e, st, 0)
+	deleted, err := conformance.Prepare(e, st)
 	if err != nil {
 		g.Fatalf("generation %d: %v", gen, err)
 	}
